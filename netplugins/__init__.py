@@ -1,0 +1,1 @@
+"""Network plugins (none, host, bridge, cni); the namespace setup lands with the networking work."""

@@ -1,0 +1,206 @@
+"""Built-in file logging: each container's output in rotated files under ``--root``.
+
+File format, one record per line::
+
+    2026-12-04T20:05:19.602779000Z stdout F 3:17 hello
+
+The fields are the time the shim read the data (UTC, nanoseconds), the
+stream, ``F`` for a full line or ``P`` for a partial one, ``GENERATION:SEQ``
+of the shim record the line came from, then the bytes of the line without
+its newline.  A line longer than ``PIECE_BYTES`` or one that has not ended yet
+is stored as ``P`` pieces that a reader joins with the next piece of the same
+stream.  The time, stream and tag match the Kubernetes CRI log format.
+
+Files are ``container.log`` and, after rotation, ``container.log.1`` to
+``container.log.N``; a rotation happens before a write would make the
+current file exceed ``max_size`` bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from supervisor.hookspecs import hookimpl
+
+log = logging.getLogger(__name__)
+
+PIECE_BYTES = 16 * 1024
+STREAM_NAMES = {1: b"stdout", 2: b"stderr"}
+STREAM_NUMBERS = {b"stdout": 1, b"stderr": 2}
+
+
+def format_time(ts: float) -> str:
+    seconds = int(ts)
+    nanos = int((ts - seconds) * 1e9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+
+
+def encode_record(generation: int, record: dict) -> bytes:
+    """Turn one output record into log lines."""
+    head = b" ".join((format_time(record["ts"]).encode(), STREAM_NAMES.get(record["stream"], b"stdout")))
+    position = f"{generation}:{record['seq']}".encode()
+    out = []
+    data = record["data"]
+    start = 0
+    while start < len(data):
+        newline = data.find(b"\n", start, start + PIECE_BYTES)
+        if newline >= 0:
+            out.append(b"%s F %s %s\n" % (head, position, data[start:newline]))
+            start = newline + 1
+        else:
+            end = min(len(data), start + PIECE_BYTES)
+            out.append(b"%s P %s %s\n" % (head, position, data[start:end]))
+            start = end
+    return b"".join(out)
+
+
+class LogFile:
+    """The current log file of one container, with size-based rotation."""
+
+    def __init__(self, folder: Path, max_size: int, max_files: int):
+        self.folder = folder
+        self.path = folder / "container.log"
+        self.max_size = max_size
+        self.max_files = max_files
+        folder.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self.size = os.fstat(self.fd).st_size
+
+    def write(self, data: bytes) -> None:
+        if self.size and self.size + len(data) > self.max_size:
+            self.rotate()
+        os.write(self.fd, data)
+        self.size += len(data)
+
+    def rotate(self) -> None:
+        os.close(self.fd)
+        if self.max_files <= 1:
+            self.path.unlink(missing_ok=True)
+        else:
+            for index in range(self.max_files - 1, 0, -1):
+                older = self.folder / f"container.log.{index}"
+                newer = self.path if index == 1 else self.folder / f"container.log.{index - 1}"
+                if newer.exists():
+                    os.replace(newer, older)
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        self.size = 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def log_files(folder: Path) -> list[Path]:
+    """Return the files of one container's log, oldest first."""
+    rotated = sorted(folder.glob("container.log.*"), key=lambda p: -int(p.suffix[1:]))
+    current = folder / "container.log"
+    return rotated + ([current] if current.exists() else [])
+
+
+def parse_line(raw: bytes) -> tuple[bytes, int, bool, int, int, bytes] | None:
+    parts = raw.rstrip(b"\n").split(b" ", 4)
+    if len(parts) < 4:
+        return None
+    ts, stream, tag, position = parts[:4]
+    generation, _, seq = position.partition(b":")
+    data = parts[4] if len(parts) == 5 else b""
+    return ts, STREAM_NUMBERS.get(stream, 1), tag == b"P", int(generation), int(seq), data
+
+
+def read_lines(files: list[Path]) -> Iterator[tuple[str, int, bytes, int, int]]:
+    """Join partial pieces back into lines, per stream, across every file."""
+    pending: dict[int, tuple[bytes, list[bytes]]] = {}
+    last = (0, 0)
+    for path in files:
+        try:
+            handle = open(path, "rb")
+        except FileNotFoundError:
+            continue
+        with handle:
+            for raw in handle:
+                if not raw.endswith(b"\n"):
+                    break  # a record still being written
+                parsed = parse_line(raw)
+                if parsed is None:
+                    continue
+                ts, stream, partial, generation, seq, data = parsed
+                last = (generation, seq)
+                first_ts, pieces = pending.pop(stream, (ts, []))
+                pieces.append(data)
+                if partial:
+                    pending[stream] = (first_ts, pieces)
+                    continue
+                yield first_ts.decode(), stream, b"".join(pieces) + b"\n", generation, seq
+    for stream, (ts, pieces) in pending.items():
+        yield ts.decode(), stream, b"".join(pieces), last[0], last[1]
+
+
+def last_position(files: list[Path]) -> tuple[int, int] | None:
+    for path in reversed(files):
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - 2 * PIECE_BYTES - 256))
+                lines = handle.read().split(b"\n")
+        except FileNotFoundError:
+            continue
+        for raw in reversed(lines[1:-1] if len(lines) > 2 else lines[:-1]):
+            parsed = parse_line(raw)
+            if parsed is not None:
+                return parsed[3], parsed[4]
+    return None
+
+
+class FileLogger:
+    """Plugin object that writes and reads container logs as files."""
+
+    name = "filelog"
+
+    def __init__(self, root: Path, max_size: int = 20 * 1024 * 1024, max_files: int = 5):
+        self.root = root
+        self.max_size = max_size
+        self.max_files = max_files
+        self.files: collections.OrderedDict[str, LogFile] = collections.OrderedDict()
+
+    def folder(self, container_id: str) -> Path:
+        return self.root / "containers" / container_id / "logs"
+
+    def _file(self, container_id: str) -> LogFile:
+        handle = self.files.get(container_id)
+        if handle is None:
+            handle = LogFile(self.folder(container_id), self.max_size, self.max_files)
+            self.files[container_id] = handle
+            if len(self.files) > 256:
+                self.files.popitem(last=False)[1].close()
+        return handle
+
+    @hookimpl
+    def moorage_container_output(self, container_id: str, generation: int, records: list[dict]) -> None:
+        handle = self._file(container_id)
+        for record in records:
+            handle.write(encode_record(generation, record))
+
+    @hookimpl
+    def moorage_output_position(self, container_id: str):
+        return last_position(log_files(self.folder(container_id)))
+
+    @hookimpl
+    def moorage_read_logs(self, container_id: str):
+        return read_lines(log_files(self.folder(container_id)))
+
+    @hookimpl
+    def moorage_container_removed(self, container_id: str) -> None:
+        handle = self.files.pop(container_id, None)
+        if handle is not None:
+            handle.close()
+        shutil.rmtree(self.folder(container_id), ignore_errors=True)
+
+    @hookimpl
+    def moorage_shutdown(self) -> None:
+        for handle in self.files.values():
+            handle.close()
+        self.files.clear()

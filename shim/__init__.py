@@ -1,0 +1,1 @@
+"""moor-shim: the per-container process between moord and the OCI runtime."""

@@ -1,0 +1,466 @@
+"""The shim of one container: runs it through the OCI runtime and serves moord.
+
+The shim is a single-threaded poll loop over its ZeroMQ ROUTER socket, the
+container's stdout and stderr pipes, the pipes of exec processes and the
+SIGCHLD wake-up pipe.  It never waits on moord: output goes to the outbox
+first and is sent only while moord's acknowledgements keep the window open.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from shim import protocol
+from shim.outbox import Outbox
+from shim.protocol import (FailedPrecondition, InvalidArgument, MoorError, NotFound,
+                           NotImplementedOp, StartFailed)
+from shim.reaper import Exit, Reaper, become_subreaper
+from shim.runc import Runtime
+
+log = logging.getLogger(__name__)
+
+F_SETPIPE_SZ = 1031
+PIPE_BYTES = 1024 * 1024
+READ_BYTES = 64 * 1024
+INIT_DRAIN_SECONDS = 2.0
+EXEC_DRAIN_SECONDS = 0.1
+_EXEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class ShimConfig:
+    """Everything a shim needs to run one container; sent by moord at spawn."""
+
+    container_id: str
+    bundle: Path
+    folder: Path
+    spool_dir: Path
+    runtime: str = "runc"
+    runtime_root: Path = Path("/run/moorage/runc")
+    spool_limit: int = 256 * 1024 * 1024
+
+    @property
+    def socket_path(self) -> Path:
+        return self.folder / "shim.sock"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ShimConfig":
+        paths = ("bundle", "folder", "spool_dir", "runtime_root")
+        return cls(**{key: Path(value) if key in paths else value for key, value in data.items()})
+
+    def to_dict(self) -> dict:
+        return {key: str(value) if isinstance(value, Path) else value
+                for key, value in self.__dict__.items()}
+
+
+class Process:
+    """The container's init or one exec process, with the pipes the shim reads."""
+
+    def __init__(self, exec_id: str | None):
+        self.exec_id = exec_id
+        self.pid = 0
+        self.pipes: dict[int, int] = {}
+        self.exit: Exit | None = None
+        self.drain_deadline = 0.0
+        self.reported = False
+
+    def __repr__(self) -> str:
+        name = self.exec_id or "init"
+        if self.exit is None:
+            return f"<Process {name} pid={self.pid} running>"
+        return f"<Process {name} pid={self.pid} {self.exit!r}>"
+
+
+def _make_pipe() -> tuple[int, int]:
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        fcntl.fcntl(read_fd, F_SETPIPE_SZ, PIPE_BYTES)
+    except OSError:
+        log.debug("could not grow a pipe to %d bytes", PIPE_BYTES)
+    os.set_blocking(read_fd, False)
+    return read_fd, write_fd
+
+
+class Shim:
+    """Serve loop and task service for one container."""
+
+    def __init__(self, config: ShimConfig):
+        self.config = config
+        self.id = config.container_id
+        self.runtime = Runtime(config.runtime, config.runtime_root, config.folder / "runtime.log")
+        self.outbox = Outbox(config.spool_dir, config.spool_limit)
+        self.status = "creating"
+        self.error: dict | None = None
+        self.init = Process(None)
+        self.execs: dict[str, Process] = {}
+        self.peer: bytes | None = None
+        self.waiters: list[tuple[bytes, object]] = []
+        self.deleted = False
+        self.fd_owner: dict[int, Process] = {}
+
+    # -- start-up ---------------------------------------------------------
+
+    def run(self) -> int:
+        """Create the container, then serve until moord deletes it."""
+        log.info("shim starting for container %s (pid %d)", self.id, os.getpid())
+        become_subreaper()
+        self.reaper = Reaper()
+        self.context = zmq.Context(io_threads=1)
+        self.socket = self._bind()
+        self._create()
+
+        try:
+            self._loop()
+        finally:
+            self.socket.close(linger=1000)
+            self.context.term()
+            self.outbox.close()
+        log.info("shim for container %s stopped", self.id)
+        return 0
+
+    def _bind(self) -> zmq.Socket:
+        socket = self.context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        socket.setsockopt(zmq.SNDHWM, 4096)
+        socket.setsockopt(zmq.RCVHWM, 4096)
+        socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        self.config.socket_path.unlink(missing_ok=True)
+        socket.bind(f"ipc://{self.config.socket_path}")
+        os.chmod(self.config.socket_path, 0o600)
+        return socket
+
+    def _create(self) -> None:
+        pipes = {protocol.STDOUT: _make_pipe(), protocol.STDERR: _make_pipe()}
+        pid_file = self.config.folder / "init.pid"
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.runtime.create(self.id, self.config.bundle, pid_file,
+                                (null, pipes[1][1], pipes[2][1]))
+        except StartFailed as exc:
+            log.error("create of container %s failed: %s", self.id, exc.message)
+            self.status, self.error = "failed", exc.to_wire()
+            for read_fd, write_fd in pipes.values():
+                os.close(read_fd)
+                os.close(write_fd)
+            return
+        finally:
+            os.close(null)
+
+        for stream, (read_fd, write_fd) in pipes.items():
+            os.close(write_fd)
+            self._watch_pipe(self.init, read_fd, stream)
+        self.init.pid = int(pid_file.read_text())
+        self.status = "created"
+        log.info("container %s created, init pid %d", self.id, self.init.pid)
+
+    def _watch_pipe(self, process: Process, fd: int, stream: int) -> None:
+        process.pipes[fd] = stream
+        self.fd_owner[fd] = process
+
+    # -- the loop ---------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self.deleted:
+            poller = zmq.Poller()
+            poller.register(self.socket, zmq.POLLIN)
+            poller.register(self.reaper.read_fd, zmq.POLLIN)
+            for fd in self.fd_owner:
+                poller.register(fd, zmq.POLLIN)
+
+            for item, _ in poller.poll(self._poll_timeout()):
+                if item is self.socket:
+                    self._receive_all()
+                elif item == self.reaper.read_fd:
+                    self.reaper.drain_wakeups()
+                else:
+                    self._read_pipe(item)
+            self._collect_exits()
+            self._finish_exits()
+            self._pump()
+
+    def _poll_timeout(self) -> int:
+        deadlines = [process.drain_deadline for process in self._processes()
+                     if process.exit is not None and not process.reported]
+        if not deadlines:
+            return 1000
+        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
+
+    def _processes(self):
+        yield self.init
+        yield from self.execs.values()
+
+    def _read_pipe(self, fd: int) -> bool:
+        """Move one read of output to the outbox; return whether data came."""
+        process = self.fd_owner[fd]
+        try:
+            data = os.read(fd, READ_BYTES)
+        except BlockingIOError:
+            return False
+        if not data:
+            self._close_pipe(fd)
+            return False
+        record = {"kind": protocol.RECORD_OUTPUT, "stream": process.pipes[fd],
+                  "exec": process.exec_id, "data": data, "ts": time.time()}
+        self.outbox.append(record)
+        return True
+
+    def _close_pipe(self, fd: int) -> None:
+        process = self.fd_owner.pop(fd)
+        process.pipes.pop(fd, None)
+        os.close(fd)
+
+    # -- exits ------------------------------------------------------------
+
+    def _collect_exits(self) -> None:
+        for exit_ in self.reaper.reap():
+            process = self._process_by_pid(exit_.pid)
+            if process is None:
+                self.reaper.keep(exit_)
+                continue
+            self._mark_exited(process, exit_)
+
+    def _process_by_pid(self, pid: int) -> Process | None:
+        for process in self._processes():
+            if process.pid == pid and process.exit is None:
+                return process
+        return None
+
+    def _mark_exited(self, process: Process, exit_: Exit) -> None:
+        process.exit = exit_
+        grace = EXEC_DRAIN_SECONDS if process.exec_id else INIT_DRAIN_SECONDS
+        process.drain_deadline = time.monotonic() + grace
+        log.info("container %s: process %s exited with %d", self.id, process.exec_id or "init", exit_.code)
+
+    def _finish_exits(self) -> None:
+        """Report exits whose output is drained; exec exits before the init's."""
+        now = time.monotonic()
+        for process in list(self.execs.values()):
+            if process.exit is not None and not process.reported and self._drained(process, now):
+                self._report_exit(process, protocol.RECORD_EXEC_EXIT)
+
+        init = self.init
+        if init.exit is not None and not init.reported and self._drained(init, now):
+            if all(p.reported or p.exit is None and not self._alive(p.pid) for p in self.execs.values()):
+                self._report_exit(init, protocol.RECORD_EXIT)
+                self.status = "stopped"
+                self._answer_waiters()
+
+    def _drained(self, process: Process, now: float) -> bool:
+        self._read_available(process)
+        if process.pipes and now < process.drain_deadline:
+            return False
+        for fd in list(process.pipes):
+            self._close_pipe(fd)
+        return True
+
+    def _read_available(self, process: Process) -> None:
+        for fd in list(process.pipes):
+            for _ in range(64):
+                if not self._read_pipe(fd):
+                    break
+
+    @staticmethod
+    def _alive(pid: int) -> bool:
+        if pid <= 0:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def _report_exit(self, process: Process, kind: str) -> None:
+        exit_ = process.exit
+        record = {"kind": kind, "exec": process.exec_id, "pid": exit_.pid, "code": exit_.code,
+                  "signal": exit_.signal, "at": exit_.at, "ts": time.time()}
+        self.outbox.append(record, durable=True)
+        process.reported = True
+
+    # -- moord messages ---------------------------------------------------
+
+    def _receive_all(self) -> None:
+        while True:
+            try:
+                identity, body = self.socket.recv_multipart(zmq.NOBLOCK)[:2]
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            self._handle(identity, body)
+
+    def _handle(self, identity: bytes, body: bytes) -> None:
+        rid = None
+        try:
+            message = protocol.unpack(body)
+            rid = message.get("rid")
+            handler = self.HANDLERS.get(message.get("op"))
+            if handler is None:
+                raise NotImplementedOp(f"unknown shim operation {message.get('op')!r}")
+            result = handler(self, identity, message)
+        except MoorError as exc:
+            self._send(identity, protocol.error_reply(rid, exc))
+            return
+        except Exception as exc:  # the shim must outlive any bad request
+            log.exception("container %s: request %r failed", self.id, rid)
+            self._send(identity, protocol.error_reply(rid, MoorError(f"internal shim error: {exc}")))
+            return
+        if result is not _DEFERRED and rid is not None:
+            self._send(identity, protocol.reply(rid, result))
+
+    def _send(self, identity: bytes, message: dict) -> bool:
+        try:
+            self.socket.send_multipart([identity, protocol.pack(message)], zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError) as exc:
+            log.warning("container %s: could not send to moord: %s", self.id, exc)
+            return False
+        return True
+
+    def _pump(self) -> None:
+        """Send outbox records to the subscribed moord while the window allows."""
+        if self.peer is None:
+            return
+        for seq, body in self.outbox.sendable():
+            try:
+                self.socket.send_multipart([self.peer, b"R", body], zmq.NOBLOCK)
+            except zmq.Again:
+                self.outbox.unsend(seq)
+                return
+            except zmq.ZMQError as exc:
+                log.info("container %s: moord went away (%s); spooling output", self.id, exc)
+                self.outbox.unsend(seq)
+                self.peer = None
+                return
+
+    def state(self) -> dict:
+        init = self.init
+        result = {"id": self.id, "status": self.status, "pid": init.pid, "shim_pid": os.getpid(),
+                  "error": self.error, "next_seq": self.outbox.next_seq, "acked_seq": self.outbox.acked_seq,
+                  "lost_bytes": self.outbox.lost_total, "version": protocol.VERSION,
+                  "execs": {key: {"pid": p.pid, "running": p.exit is None} for key, p in self.execs.items()}}
+        if init.exit is not None:
+            result.update(exit_code=init.exit.code, signal=init.exit.signal, exited_at=init.exit.at)
+        return result
+
+    def op_subscribe(self, identity: bytes, message: dict) -> dict:
+        self.peer = identity
+        self.outbox.rewind(int(message.get("from", 1)))
+        log.info("container %s: moord subscribed from record %d", self.id, self.outbox.send_seq)
+        return self.state()
+
+    def op_ack(self, identity: bytes, message: dict) -> None:
+        self.outbox.ack(int(message["seq"]))
+
+    def op_state(self, identity: bytes, message: dict) -> dict:
+        return self.state()
+
+    def op_start(self, identity: bytes, message: dict) -> dict:
+        if self.status != "created":
+            raise FailedPrecondition(f"cannot start container {self.id}: it is {self.status}, not created")
+        self.runtime.start(self.id)
+        self.status = "running"
+        log.info("container %s started", self.id)
+        exit_ = self.reaper.claim(self.init.pid)
+        if exit_ is not None:
+            self._mark_exited(self.init, exit_)
+        return {"pid": self.init.pid}
+
+    def op_kill(self, identity: bytes, message: dict) -> None:
+        signal_number = int(message.get("signal", 15))
+        exec_id = message.get("exec")
+        if exec_id:
+            process = self._exec(exec_id)
+            if process.exit is None:
+                os.kill(process.pid, signal_number)
+            return None
+        if self.status not in ("created", "running"):
+            raise FailedPrecondition(f"cannot kill container {self.id}: it is {self.status}")
+        self.runtime.kill(self.id, signal_number, bool(message.get("all", False)))
+        return None
+
+    def _exec(self, exec_id: str) -> Process:
+        process = self.execs.get(exec_id)
+        if process is None:
+            raise NotFound(f"exec {exec_id!r} not found in container {self.id}")
+        return process
+
+    def op_exec(self, identity: bytes, message: dict) -> dict:
+        exec_id = str(message.get("exec", ""))
+        if not _EXEC_ID.match(exec_id):
+            raise InvalidArgument(f"invalid exec id {exec_id!r}: use letters, digits, '_', '.', '-'")
+        if exec_id in self.execs:
+            raise InvalidArgument(f"exec id {exec_id!r} is already used in container {self.id}")
+        if self.status != "running" or self.init.exit is not None:
+            raise FailedPrecondition(f"cannot exec in container {self.id}: it is {self.status}, not running")
+        return self._start_exec(exec_id, message["process"])
+
+    def _start_exec(self, exec_id: str, process_spec: dict) -> dict:
+        folder = self.config.folder / "execs"
+        folder.mkdir(exist_ok=True)
+        process_file, pid_file = folder / f"{exec_id}.json", folder / f"{exec_id}.pid"
+        process_file.write_text(json.dumps(process_spec))
+        pipes = {protocol.STDOUT: _make_pipe(), protocol.STDERR: _make_pipe()}
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        process = Process(exec_id)
+        try:
+            self.runtime.exec(self.id, process_file, pid_file, (null, pipes[1][1], pipes[2][1]))
+        except StartFailed:
+            for read_fd, _ in pipes.values():
+                os.close(read_fd)
+            raise
+        finally:
+            os.close(null)
+            for _, write_fd in pipes.values():
+                os.close(write_fd)
+            process_file.unlink(missing_ok=True)
+
+        process.pid = int(pid_file.read_text())
+        pid_file.unlink(missing_ok=True)
+        self.execs[exec_id] = process
+        for stream, (read_fd, _) in pipes.items():
+            self._watch_pipe(process, read_fd, stream)
+        exit_ = self.reaper.claim(process.pid)
+        if exit_ is not None:
+            self._mark_exited(process, exit_)
+        log.info("container %s: exec %s started as pid %d", self.id, exec_id, process.pid)
+        return {"pid": process.pid}
+
+    def op_wait(self, identity: bytes, message: dict):
+        if self.status in ("stopped", "failed"):
+            return self.state()
+        self.waiters.append((identity, message.get("rid")))
+        return _DEFERRED
+
+    def _answer_waiters(self) -> None:
+        for identity, rid in self.waiters:
+            self._send(identity, protocol.reply(rid, self.state()))
+        self.waiters.clear()
+
+    def op_delete(self, identity: bytes, message: dict) -> dict:
+        running = self.status in ("created", "running") and self.init.exit is None
+        if running and not message.get("force"):
+            raise FailedPrecondition(f"cannot delete container {self.id}: it is {self.status}; stop it first")
+        if self.status != "failed":
+            self.runtime.delete(self.id, force=running)
+        self.deleted = True
+        log.info("container %s deleted", self.id)
+        return {"deleted": True}
+
+    def op_resize(self, identity: bytes, message: dict) -> None:
+        raise FailedPrecondition(f"container {self.id} has no terminal to resize")
+
+    HANDLERS = {
+        "subscribe": op_subscribe, "ack": op_ack, "state": op_state, "start": op_start,
+        "kill": op_kill, "exec": op_exec, "wait": op_wait, "delete": op_delete, "resize": op_resize,
+    }
+
+
+_DEFERRED = object()

@@ -1,0 +1,1 @@
+"""moord: the Moorage supervisor daemon."""

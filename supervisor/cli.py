@@ -1,0 +1,416 @@
+"""``moor``: the command-line client, with docker's verbs and flags.
+
+Exit codes: 0 on success; for ``run``, ``start -a`` and ``exec`` the
+container's or process's own exit code, 125 when moord reports an error, 126
+when the command cannot be run and 127 when it is not found, as docker does.
+Every other command exits with 1 for an internal error, 2 for invalid input,
+3 when the container or image is not found, 4 when a name is already in use,
+5 when the object is in the wrong state, 6 when moord is not running and
+7 when moord did not answer in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from shim import protocol
+from shim.protocol import InvalidArgument, MoorError, StartFailed
+
+VERSION = "0.1.0"
+RUN_ERROR_EXIT = 125
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", help="container name (default: a generated one)")
+    parser.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
+                        help="set an environment variable; a bare KEY takes moor's own value")
+    parser.add_argument("-w", "--workdir", help="working folder inside the container")
+    parser.add_argument("-u", "--user", help="USER[:GROUP], names or numbers from the image")
+    parser.add_argument("--restart", default="no", help="no, on-failure[:max-retries], always or unless-stopped")
+    parser.add_argument("--read-only", action="store_true", help="mount the container's root read-only")
+    parser.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CONTAINER[:ro]",
+                        help="bind-mount a host folder or file")
+    parser.add_argument("--entrypoint", help="override the image's entrypoint ('' clears it)")
+    parser.add_argument("--hostname", help="container host name (default: the first 12 characters of the id)")
+    parser.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
+                        help="resource limit, for example nofile=1024:4096")
+    parser.add_argument("--stop-signal", help="signal that `moor stop` sends (default: the image's or SIGTERM)")
+    parser.add_argument("--stop-timeout", type=int, help="seconds `moor stop` waits before SIGKILL (default 10)")
+    parser.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="set a label")
+    parser.add_argument("--spec", help="use this OCI config.json instead of generating one (root.path is replaced)")
+    parser.add_argument("image", help="image name, for example busybox")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments (default: the image's)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moor", description="Run and manage containers under moord.")
+    parser.add_argument("--state", help="moord's state folder (default $MOORAGE_STATE or /run/moorage)")
+    sub = parser.add_subparsers(dest="command_name", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="create and start a container")
+    run.add_argument("-d", "--detach", action="store_true", help="run in the background and print the id")
+    run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    _add_run_options(run)
+    create = sub.add_parser("create", help="create a container without starting it")
+    _add_run_options(create)
+
+    for verb, text in (("start", "start stopped containers"), ("rm", "remove containers"),
+                       ("stop", "stop running containers"), ("restart", "restart containers"),
+                       ("kill", "send a signal to containers"), ("wait", "wait for containers to exit"),
+                       ("inspect", "show containers as JSON")):
+        command = sub.add_parser(verb, help=text)
+        command.add_argument("containers", nargs="+", metavar="CONTAINER")
+    sub.choices["start"].add_argument("-a", "--attach", action="store_true", help="stream output, exit with its code")
+    sub.choices["rm"].add_argument("-f", "--force", action="store_true", help="kill running containers first")
+    for verb in ("stop", "restart"):
+        sub.choices[verb].add_argument("-t", "--time", type=int, help="seconds to wait before SIGKILL")
+    sub.choices["kill"].add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
+
+    ps = sub.add_parser("ps", help="list containers")
+    ps.add_argument("-a", "--all", action="store_true", help="include stopped containers")
+    ps.add_argument("-q", "--quiet", action="store_true", help="print ids only")
+    ps.add_argument("--no-trunc", action="store_true", help="print full ids and commands")
+
+    logs = sub.add_parser("logs", help="print a container's output")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
+    logs.add_argument("--tail", default="all", help="number of lines from the end (default all)")
+    logs.add_argument("--since", help="only lines since a time (RFC 3339, unix seconds, or 10m)")
+    logs.add_argument("-t", "--timestamps", action="store_true", help="prefix each line with its time")
+    logs.add_argument("container")
+
+    exec_ = sub.add_parser("exec", help="run a command in a running container")
+    exec_.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]")
+    exec_.add_argument("-w", "--workdir")
+    exec_.add_argument("-u", "--user")
+    exec_.add_argument("container")
+    exec_.add_argument("command", nargs=argparse.REMAINDER)
+
+    events = sub.add_parser("events", help="print lifecycle events as they happen")
+    events.add_argument("--filter", action="append", default=[], metavar="container=ID|topic=PREFIX")
+    events.add_argument("--format", choices=("text", "json"), default="text")
+
+    image = sub.add_parser("image", help="manage images")
+    image_sub = image.add_subparsers(dest="image_command", required=True, metavar="COMMAND")
+    rootfs = image_sub.add_parser("import-rootfs", help="make a one-layer image from a folder")
+    rootfs.add_argument("name")
+    rootfs.add_argument("folder")
+    archive = image_sub.add_parser("import", help="load an OCI archive (oci-archive tar)")
+    archive.add_argument("file")
+    archive.add_argument("--name", help="repository for entries tagged with a bare tag")
+    image_sub.add_parser("default", help="make the built-in busybox image from the host's busybox-static")
+    image_ls = image_sub.add_parser("ls", help="list images")
+    image_ls.add_argument("-q", "--quiet", action="store_true")
+    image_rm = image_sub.add_parser("rm", help="remove images")
+    image_rm.add_argument("-f", "--force", action="store_true")
+    image_rm.add_argument("images", nargs="+", metavar="IMAGE")
+    sub.add_parser("images", help="list images (same as `image ls`)")
+
+    sub.add_parser("version", help="print client and moord versions")
+    sub.add_parser("info", help="print moord's settings and counts")
+    return parser
+
+
+# -- helpers ---------------------------------------------------------------
+
+def _resolve_env(entries: list[str]) -> list[str]:
+    resolved = []
+    for entry in entries:
+        if "=" in entry:
+            resolved.append(entry)
+        elif entry in os.environ:
+            resolved.append(f"{entry}={os.environ[entry]}")
+    return resolved
+
+
+def _run_request(args) -> dict:
+    labels = {}
+    for label in args.label:
+        key, sep, value = label.partition("=")
+        if not key:
+            raise InvalidArgument(f"invalid label {label!r}: use KEY=VALUE")
+        labels[key] = value
+    options = {"args": list(args.command), "env": _resolve_env(args.env), "workdir": args.workdir,
+               "user": args.user, "hostname": args.hostname, "read_only": args.read_only,
+               "volumes": list(args.volume), "ulimits": list(args.ulimit)}
+    if args.entrypoint is not None:
+        options["entrypoint"] = [args.entrypoint] if args.entrypoint else []
+    request = {"image": args.image, "name": args.name, "restart": args.restart, "options": options,
+               "labels": labels, "stop_signal": args.stop_signal}
+    if args.stop_timeout is not None:
+        request["stop_timeout"] = args.stop_timeout
+    if args.spec:
+        from supervisor.ocispec import load_spec_file
+        from pathlib import Path
+        request["spec"] = load_spec_file(Path(args.spec))
+    return request
+
+
+def _write_output(message: dict, timestamps: bool = False) -> None:
+    if "d" not in message:
+        return
+    out = sys.stdout.buffer if message.get("s", 1) == 1 else sys.stderr.buffer
+    data = message["d"]
+    if timestamps and "t" in message:
+        data = message["t"].encode() + b" " + data
+    out.write(data)
+    out.flush()
+
+
+def _ago(ts: float) -> str:
+    seconds = max(0, time.time() - ts)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count > 1 else ''}"
+    return f"{int(seconds)} second{'s' if int(seconds) != 1 else ''}"
+
+
+def _status_text(item: dict) -> str:
+    status = item["status"]
+    if status == "running":
+        return f"Up {_ago(item['started_at'])}"
+    if status == "exited":
+        return f"Exited ({item['exit_code']}) {_ago(item['finished_at'])} ago"
+    if status == "restarting":
+        return f"Restarting ({item['exit_code']}) {_ago(item['finished_at'])} ago"
+    return status.capitalize()
+
+
+# -- commands --------------------------------------------------------------
+
+def cmd_run(client, args) -> int:
+    request = _run_request(args)
+    request["rm"] = args.rm
+    if args.detach:
+        result = client.call("run", **request)
+        print(result["id"])
+        return 0
+    request["attach"] = True
+    rid = client.send("run", **request)
+    target: dict = {}
+    _forward_signals(client, target)
+
+    def on_output(message: dict) -> None:
+        if "id" in message:
+            target["id"] = message["id"]
+        _write_output(message)
+    result = client.wait(rid, on_output=on_output)
+    return int(result["exit_code"])
+
+
+def _forward_signals(client, target: dict) -> None:
+    """Pass SIGINT and SIGTERM to the container of a foreground run, as docker's sig-proxy does."""
+    def forward(signum, frame):
+        if "id" in target:
+            client.send("kill", id=target["id"], signal=signum)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, forward)
+
+
+def cmd_create(client, args) -> int:
+    print(client.call("create", **_run_request(args))["id"])
+    return 0
+
+
+def _each(client, args, op: str, **extra) -> int:
+    status = 0
+    for ref in args.containers:
+        try:
+            client.call(op, id=ref, **extra)
+            print(ref)
+        except MoorError as exc:
+            print(f"moor: {exc.message}", file=sys.stderr)
+            status = exc.exit_code
+    return status
+
+
+def cmd_start(client, args) -> int:
+    if args.attach:
+        if len(args.containers) != 1:
+            raise InvalidArgument("start -a takes exactly one container")
+        client.call("start", id=args.containers[0])
+        client.call("logs", id=args.containers[0], follow=True, on_output=_write_output)
+        return int(client.call("wait", id=args.containers[0])["exit_code"])
+    return _each(client, args, "start")
+
+
+def cmd_stop(client, args) -> int:
+    return _each(client, args, "stop", timeout=args.time)
+
+
+def cmd_restart(client, args) -> int:
+    return _each(client, args, "restart", timeout=args.time)
+
+
+def cmd_kill(client, args) -> int:
+    return _each(client, args, "kill", signal=args.signal)
+
+
+def cmd_rm(client, args) -> int:
+    return _each(client, args, "rm", force=args.force)
+
+
+def cmd_wait(client, args) -> int:
+    for ref in args.containers:
+        print(client.call("wait", id=ref)["exit_code"])
+    return 0
+
+
+def cmd_inspect(client, args) -> int:
+    items = [client.call("inspect", id=ref) for ref in args.containers]
+    print(json.dumps(items, indent=2))
+    return 0
+
+
+def cmd_ps(client, args) -> int:
+    items = client.call("ps", all=args.all)
+    if args.quiet:
+        for item in items:
+            print(item["id"] if args.no_trunc else item["id"][:12])
+        return 0
+    rows = [("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")]
+    for item in items:
+        command = " ".join(item["command"])
+        if not args.no_trunc and len(command) > 20:
+            command = command[:19] + "…"
+        rows.append((item["id"] if args.no_trunc else item["id"][:12], item["image"], f'"{command}"',
+                     f"{_ago(item['created'])} ago", _status_text(item), item["name"]))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_logs(client, args) -> int:
+    tail = None if args.tail == "all" else args.tail
+    if tail is not None and (not tail.isdigit()):
+        raise InvalidArgument(f"invalid --tail {args.tail!r}: give a number of lines or 'all'")
+    client.call("logs", id=args.container, follow=args.follow, tail=None if tail is None else int(tail),
+                since=args.since, on_output=lambda message: _write_output(message, args.timestamps))
+    return 0
+
+
+def cmd_exec(client, args) -> int:
+    if not args.command:
+        raise InvalidArgument("no command given: moor exec CONTAINER COMMAND [ARG...]")
+    result = client.call("exec", id=args.container, args=list(args.command), env=_resolve_env(args.env),
+                         workdir=args.workdir, user=args.user, on_output=_write_output)
+    return int(result["exit_code"])
+
+
+def cmd_events(client, args) -> int:
+    from supervisor.client import subscribe_events
+    container, topics = None, []
+    for item in args.filter:
+        key, _, value = item.partition("=")
+        if key == "container":
+            container = value
+        elif key == "topic":
+            topics.append(value)
+        else:
+            raise InvalidArgument(f"invalid --filter {item!r}: use container=ID or topic=PREFIX")
+    sub = subscribe_events(args.state, tuple(topics) or ("",))
+    while True:
+        _, body = sub.recv_multipart()
+        event = protocol.unpack(body)
+        cid = event.get("id") or ""
+        if container and not (cid.startswith(container) or event.get("payload", {}).get("name") == container):
+            continue
+        if args.format == "json":
+            print(json.dumps(event), flush=True)
+        else:
+            details = " ".join(f"{k}={v}" for k, v in sorted(event.get("payload", {}).items()))
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(event["ts"]))
+            print(f"{stamp} {event['topic']} {cid[:12]} {details}".rstrip(), flush=True)
+
+
+def cmd_image(client, args) -> int:
+    command = args.image_command
+    if command == "import-rootfs":
+        image = client.call("image_import_rootfs", name=args.name, dir=os.path.abspath(args.folder))
+        print(image["id"])
+    elif command == "import":
+        for image in client.call("image_import", file=os.path.abspath(args.file), name=args.name):
+            print(f"{image['name']} {image['id']}")
+    elif command == "default":
+        image = client.call("image_default")
+        print(f"{image['name']} {image['id']}")
+    elif command == "ls":
+        return _image_ls(client, args.quiet)
+    elif command == "rm":
+        status = 0
+        for ref in args.images:
+            try:
+                client.call("image_rm", ref=ref, force=args.force)
+                print(f"Untagged: {ref}")
+            except MoorError as exc:
+                print(f"moor: {exc.message}", file=sys.stderr)
+                status = exc.exit_code
+        return status
+    return 0
+
+
+def _image_ls(client, quiet: bool) -> int:
+    images = client.call("image_ls")
+    if quiet:
+        for image in images:
+            print(image["id"].split(":")[-1][:12])
+        return 0
+    rows = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
+    for image in images:
+        repository, _, tag = image["name"].rpartition(":")
+        rows.append((repository, tag, image["id"].split(":")[-1][:12], f"{_ago(image['created'])} ago",
+                     f"{image['size'] / 1e6:.1f}MB"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_images(client, args) -> int:
+    return _image_ls(client, False)
+
+
+def cmd_version(client, args) -> int:
+    print(f"Client: moor {VERSION} (protocol {protocol.VERSION})")
+    server = client.call("version", timeout=10)
+    print(f"Server: moord {server['version']} (protocol {server['min_protocol']}-{server['protocol']})")
+    return 0
+
+
+def cmd_info(client, args) -> int:
+    for key, value in client.call("info", timeout=10).items():
+        print(f"{key}: {value}")
+    return 0
+
+
+_RUN_LIKE = {"run", "exec"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    name = args.command_name
+    handler = globals()[f"cmd_{name}"]
+    try:
+        from supervisor.client import Client
+        client = Client(args.state)
+        return handler(client, args)
+    except StartFailed as exc:
+        print(f"moor: {exc.message}", file=sys.stderr)
+        return exc.status if name in _RUN_LIKE or name == "start" else exc.exit_code
+    except MoorError as exc:
+        print(f"moor: {exc.message}", file=sys.stderr)
+        return RUN_ERROR_EXIT if name in _RUN_LIKE else exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Synchronous client of moord's API, used by ``moor`` and by the tests."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+
+from shim import protocol
+from shim.protocol import DeadlineExceeded, Unavailable
+
+DEFAULT_STATE = Path("/run/moorage")
+STATE_ENV = "MOORAGE_STATE"
+
+
+def state_folder(explicit: str | Path | None = None) -> Path:
+    return Path(explicit or os.environ.get(STATE_ENV) or DEFAULT_STATE)
+
+
+class Client:
+    """One DEALER connection to moord's API socket."""
+
+    def __init__(self, state: str | Path | None = None, context: zmq.Context | None = None):
+        self.path = state_folder(state) / "moord.sock"
+        self._check_listening()
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 100)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        self.socket.connect(f"ipc://{self.path}")
+        self.rids = itertools.count(1)
+
+    def _check_listening(self) -> None:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise Unavailable(
+                f"moord is not running: nothing listens on {self.path}. Start it with "
+                f"`moord --state {self.path.parent} &` (or `systemctl start moord`), or point "
+                f"moor at its state folder with --state or {STATE_ENV}") from None
+        except PermissionError:
+            raise Unavailable(f"permission denied on {self.path}: run moor as root") from None
+        finally:
+            probe.close()
+
+    def send(self, op: str, **args) -> int:
+        rid = next(self.rids)
+        self.socket.send(protocol.pack(protocol.request(op, rid, **args)))
+        return rid
+
+    def call(self, op: str, timeout: float | None = None,
+             on_output: Callable[[dict], None] | None = None, **args):
+        """Send a request, pass stream messages to ``on_output``, return the result."""
+        rid = self.send(op, **args)
+        return self.wait(rid, timeout, on_output)
+
+    def wait(self, rid: int, timeout: float | None = None, on_output: Callable[[dict], None] | None = None):
+        while True:
+            if not self.socket.poll(None if timeout is None else int(timeout * 1000)):
+                raise DeadlineExceeded(f"moord did not answer within {timeout:g} s")
+            message = protocol.unpack(self.socket.recv())
+            if message.get("rid") != rid:
+                continue
+            if "out" in message:
+                if on_output is not None:
+                    on_output(message["out"])
+                continue
+            if "err" in message:
+                raise protocol.error_from_wire(message["err"])
+            return message.get("ok")
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def subscribe_events(state: str | Path | None = None, topics: tuple[str, ...] = ("",)) -> zmq.Socket:
+    """Return a SUB socket on moord's event socket, filtered by topic prefixes."""
+    path = state_folder(state) / "events.sock"
+    if not path.exists():
+        raise Unavailable(f"moord is not running: no event socket at {path}")
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.connect(f"ipc://{path}")
+    for topic in topics:
+        sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+    return sub

@@ -1,0 +1,644 @@
+"""Container registry and lifecycle: create, start, stop, kill, exec, remove, restore.
+
+Each container has at most one task at a time: a shim running one OCI
+container.  ``start`` spawns a shim (which runs ``runc create``) and asks it
+to start; the task ends when the shim reports the init's exit, after which
+moord deletes the task and the shim exits.  A restart is a new task with the
+next generation number.
+
+State machine of ``ContainerRecord.status``::
+
+    created --start--> running --exit--> exited --start--> running
+                          |                 ^
+                          +--restart wait---+ (status "restarting" while waiting)
+
+Every transition goes through ``_transition``, which checks it, saves the
+record and publishes the event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal as signals
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq.asyncio
+
+from shim import protocol
+from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, MoorError, NotFound,
+                           StartFailed, Unavailable)
+from shim.service import ShimConfig
+from supervisor import names, restart
+from supervisor.config import DaemonConfig
+from supervisor.events import EventBus
+from supervisor.shims import Launcher, ShimClient, process_start_time
+from supervisor.store import ContainerRecord, Store
+
+log = logging.getLogger(__name__)
+
+_ALLOWED = {
+    "created": {"running", "exited", "removing"},
+    "running": {"exited", "removing"},
+    "exited": {"running", "restarting", "removing"},
+    "restarting": {"running", "exited", "removing"},
+    "removing": set(),
+}
+VANISHED_EXIT_CODE = 255
+
+
+@dataclass
+class ExecSession:
+    """An extra process in a running container and the client following it."""
+
+    exec_id: str
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    pid: int = 0
+    exit_code: int | None = None
+
+
+class Container:
+    """A container's record plus what moord keeps only in memory."""
+
+    def __init__(self, record: ContainerRecord):
+        self.record = record
+        self.shim: ShimClient | None = None
+        self.lock = asyncio.Lock()
+        self.exit_event = asyncio.Event()
+        self.changed = asyncio.Event()
+        self.listeners: set[asyncio.Queue] = set()
+        self.execs: dict[str, ExecSession] = {}
+        self.restart_handle: asyncio.TimerHandle | None = None
+        self.failures_in_a_row = 0
+        self.stopping = False
+        self.lost_bytes = 0
+        self.pending_acks = 0
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def __repr__(self) -> str:
+        return f"<Container {self.record.name} {self.id[:12]} {self.record.status}>"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+class Manager:
+    """Owns every container of one moord and their shims."""
+
+    def __init__(self, config: DaemonConfig, store: Store, images, events: EventBus, plugins,
+                 launcher: Launcher, context: zmq.asyncio.Context, nofile_limits: tuple[int, int] | None = None):
+        self.config = config
+        self.nofile_limits = nofile_limits
+        self.store = store
+        self.images = images
+        self.events = events
+        self.plugins = plugins
+        self.launcher = launcher
+        self.context = context
+        self.containers: dict[str, Container] = {}
+        self.boot_id = _boot_id()
+
+    # -- lookups ------------------------------------------------------------
+
+    def get(self, ref: str) -> Container:
+        """Find a container by full id, unique id prefix or name."""
+        names.check_ref(ref)
+        if ref in self.containers:
+            return self.containers[ref]
+        for container in self.containers.values():
+            if container.record.name == ref:
+                return container
+        matches = [c for c in self.containers.values() if c.id.startswith(ref)] if len(ref) >= 3 else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(f"container id prefix {ref!r} is ambiguous: give more characters")
+        raise NotFound(f"no such container: {ref} (see `moor ps -a`)")
+
+    def folder(self, container_id: str) -> Path:
+        return self.config.root / "containers" / container_id
+
+    def shim_folder(self, container_id: str) -> Path:
+        return self.config.state / "shims" / container_id
+
+    # -- state machine --------------------------------------------------------
+
+    def _transition(self, container: Container, status: str, topic: str | None = None, **payload) -> None:
+        current = container.record.status
+        if status != current and status not in _ALLOWED[current]:
+            raise FailedPrecondition(f"container {container.record.name} cannot go from {current} to {status}")
+        container.record.status = status
+        self.store.save(container.record)
+        container.changed.set()
+        container.changed = asyncio.Event()
+        log.info("container %s: %s -> %s", container.id, current, status)
+        if topic:
+            self.events.publish(topic, container.id, name=container.record.name, **payload)
+
+    # -- create ---------------------------------------------------------------
+
+    async def create(self, request: dict) -> Container:
+        """Record a new container and prepare its root filesystem; start nothing."""
+        from supervisor import ocispec
+
+        name = names.check_name(request["name"]) if request.get("name") else None
+        taken = {c.record.name for c in self.containers.values()}
+        if name in taken:
+            raise AlreadyExists(f"container name {name!r} is already in use; remove it (`moor rm {name}`) "
+                                "or choose another name")
+        policy = restart.parse_policy(request.get("restart") or "no")
+        options = ocispec.RunOptions(**request.get("options", {}))
+        options.validate()
+        image = await asyncio.to_thread(self._resolve_image, request["image"])
+
+        container_id = names.new_id()
+        name = name or names.new_name(taken)
+        rootfs = self.folder(container_id) / "rootfs"
+        try:
+            spec = await self._prepare(image, options, container_id, rootfs, request.get("spec"))
+        except BaseException:
+            await asyncio.to_thread(self._remove_folder, container_id)
+            raise
+
+        record = ContainerRecord(
+            id=container_id, name=name, image=image.name, image_id=image.id, spec=spec,
+            options=self._stored_options(request, image), labels=dict(request.get("labels") or {}),
+            restart_policy=str(policy), boot_id=self.boot_id)
+        self.store.insert(record)
+        container = Container(record)
+        self.containers[container_id] = container
+        self.events.publish(protocol.TOPIC_CONTAINER_CREATE, container_id, name=name, image=image.name)
+        log.info("container %s created as %s from image %s", container_id, name, image.name)
+        return container
+
+    def _resolve_image(self, ref: str):
+        """Find an image; ``busybox`` is made from the host's busybox-static on first use."""
+        try:
+            return self.images.get(ref)
+        except NotFound:
+            if ref in ("busybox", "busybox:latest"):
+                return self.images.ensure_busybox()
+            raise
+
+    async def _prepare(self, image, options, container_id: str, rootfs: Path, user_spec: dict | None) -> dict:
+        from supervisor import ocispec
+
+        rootfs.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.images.prepare_rootfs, image, rootfs)
+        if user_spec is not None:
+            spec = dict(user_spec)
+            spec["root"] = dict(spec.get("root") or {}, path=str(rootfs))
+            ocispec.validate_spec(spec)
+            return spec
+        return ocispec.build_spec(image.config, options, rootfs=str(rootfs), container_id=container_id,
+                                  hostname=container_id[:12], cgroups_path=f"/moorage/{container_id}",
+                                  nofile_limits=self.nofile_limits)
+
+    @staticmethod
+    def _stored_options(request: dict, image) -> dict:
+        stored = dict(request.get("options", {}))
+        stored["auto_remove"] = bool(request.get("rm"))
+        stored["stop_signal"] = request.get("stop_signal") or image.config.get("StopSignal") or "SIGTERM"
+        stored["stop_timeout"] = request.get("stop_timeout", 10)
+        return stored
+
+    def _remove_folder(self, container_id: str) -> None:
+        folder = self.folder(container_id)
+        rootfs = folder / "rootfs"
+        if rootfs.exists():
+            self.images.remove_rootfs(rootfs)
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(self.shim_folder(container_id), ignore_errors=True)
+
+    # -- start ----------------------------------------------------------------
+
+    async def start(self, container: Container, by_user: bool = True) -> int:
+        """Start a new task for the container and return the init's pid."""
+        async with container.lock:
+            if container.record.status == "running":
+                raise FailedPrecondition(f"container {container.record.name} is already running")
+            if container.record.status == "removing":
+                raise FailedPrecondition(f"container {container.record.name} is being removed")
+            self._cancel_restart(container)
+            if by_user:
+                container.record.manually_stopped = False
+                container.record.restart_count = 0
+                container.failures_in_a_row = 0
+            return await self._start_task(container)
+
+    async def _start_task(self, container: Container) -> int:
+        record = container.record
+        folder = self.shim_folder(container.id)
+        await asyncio.to_thread(self._write_bundle, folder, record.spec)
+        record.task_gen += 1
+        config = ShimConfig(
+            container_id=container.id, bundle=folder, folder=folder,
+            spool_dir=self.folder(container.id) / "spool", runtime=self.config.runtime,
+            runtime_root=self.config.state / "runc", spool_limit=self.config.spool_limit)
+
+        record.shim_pid = await self.launcher.spawn(config)
+        record.shim_start_time = process_start_time(record.shim_pid)
+        record.acked_seq = 0
+        record.exit_reason = ""
+        self.store.save(record)
+        container.exit_event = asyncio.Event()
+        self._connect(container, record.task_gen)
+
+        try:
+            state = await container.shim.call("subscribe", timeout=120, **{"from": 1})
+            if state["status"] == "failed":
+                await self._fail_start(container, state["error"])
+            result = await container.shim.call("start", timeout=60)
+        except StartFailed:
+            raise
+        except MoorError as exc:
+            log.error("container %s: start failed: %s", container.id, exc.message)
+            await self._delete_task(container)
+            await asyncio.to_thread(self._force_delete_runtime, container.id)
+            raise
+        record.pid = result["pid"]
+        record.started_at = time.time()
+        record.exit_code = None
+        self._transition(container, "running", protocol.TOPIC_TASK_START, pid=record.pid)
+        return record.pid
+
+    @staticmethod
+    def _write_bundle(folder: Path, spec: dict) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, mode=0o700)
+        (folder / "config.json").write_text(json.dumps(spec))
+
+    def _connect(self, container: Container, generation: int) -> None:
+        if container.shim is not None:
+            container.shim.close()
+        socket_path = self.shim_folder(container.id) / "shim.sock"
+        container.shim = ShimClient(self.context, container.id, socket_path,
+                                    lambda records: self._on_records(container, generation, records))
+
+    async def _fail_start(self, container: Container, error: dict) -> None:
+        failure = protocol.error_from_wire(error)
+        status = getattr(failure, "status", 125)
+        record = container.record
+        await self._delete_task(container)
+        record.exit_code, record.exit_signal = status, 0
+        record.exit_reason = f"failed to start: {failure.message}"
+        record.finished_at = time.time()
+        self._transition(container, "exited" if record.status != "created" else "created")
+        self.store.save(record)
+        container.exit_event.set()
+        raise StartFailed(f"failed to start container {record.name}: {failure.message}", status)
+
+    # -- records from the shim -------------------------------------------------
+
+    def _on_records(self, container: Container, generation: int, records: list[dict]) -> None:
+        if generation != container.record.task_gen or container.shim is None:
+            return
+        outputs = [r for r in records if r["kind"] == protocol.RECORD_OUTPUT and r.get("seq", 0) > container.record.acked_seq]
+        self._deliver_output(container, generation, outputs)
+
+        last_seq = max(r["seq"] for r in records)
+        for record in records:
+            if record["seq"] <= container.record.acked_seq and record["kind"] != protocol.RECORD_EXIT:
+                continue
+            self._on_event_record(container, record)
+        container.record.acked_seq = max(container.record.acked_seq, last_seq)
+        if container.shim is not None:
+            container.shim.ack(last_seq)
+
+    def _deliver_output(self, container: Container, generation: int, outputs: list[dict]) -> None:
+        main = [r for r in outputs if not r.get("exec")]
+        if main:
+            self.plugins.hook.moorage_container_output(container_id=container.id, generation=generation,
+                                                        records=main)
+            for queue in list(container.listeners):
+                queue.put_nowait(("output", generation, main))
+        for record in outputs:
+            session = container.execs.get(record.get("exec") or "")
+            if session is not None:
+                session.queue.put_nowait(("output", record["stream"], record["data"]))
+
+    def _on_event_record(self, container: Container, record: dict) -> None:
+        kind = record["kind"]
+        if kind == protocol.RECORD_EXIT:
+            asyncio.get_running_loop().create_task(self._handle_exit(container, record))
+        elif kind == protocol.RECORD_EXEC_EXIT:
+            session = container.execs.get(record.get("exec") or "")
+            if session is not None:
+                session.queue.put_nowait(("exit", record["code"], record["signal"]))
+            self.events.publish(protocol.TOPIC_TASK_EXEC_EXIT, container.id, exec_id=record.get("exec"),
+                                exit_code=record["code"], exited_at=record["at"])
+        elif kind == protocol.RECORD_LOSS:
+            container.lost_bytes = record.get("total", container.lost_bytes + record["bytes"])
+            log.error("container %s: the shim dropped %d bytes of output while its spool was full",
+                      container.id, record["bytes"])
+            self.events.publish(protocol.TOPIC_TASK_OUTPUT_LOSS, container.id, stream=record["stream"],
+                                bytes=record["bytes"], total=container.lost_bytes)
+
+    async def _handle_exit(self, container: Container, exit_record: dict) -> None:
+        record = container.record
+        if record.status not in ("running", "created") or record.shim_pid == 0:
+            return
+        record.exit_code, record.exit_signal = exit_record["code"], exit_record["signal"]
+        record.finished_at = exit_record["at"]
+        record.pid = 0
+        self._transition(container, "exited", protocol.TOPIC_TASK_EXIT, exit_code=record.exit_code,
+                         signal=record.exit_signal, exited_at=record.finished_at)
+        ran_for = record.finished_at - record.started_at
+        await self._delete_task(container)
+        for queue in list(container.listeners):
+            queue.put_nowait(("exit", record.exit_code, record.exit_signal))
+        container.exit_event.set()
+        await self._after_exit(container, ran_for)
+
+    async def _delete_task(self, container: Container) -> None:
+        record = container.record
+        if container.shim is not None:
+            try:
+                await container.shim.call("delete", timeout=30, force=True)
+            except MoorError as exc:
+                log.error("container %s: deleting its task failed: %s", container.id, exc)
+            container.shim.close()
+            container.shim = None
+        await asyncio.to_thread(self._clean_task_folders, container.id)
+        record.shim_pid = record.shim_start_time = 0
+        self.store.save(record)
+
+    def _clean_task_folders(self, container_id: str) -> None:
+        shutil.rmtree(self.shim_folder(container_id), ignore_errors=True)
+        shutil.rmtree(self.folder(container_id) / "spool", ignore_errors=True)
+
+    # -- restart policy -------------------------------------------------------
+
+    async def _after_exit(self, container: Container, ran_for: float) -> None:
+        record = container.record
+        if record.options.get("auto_remove") and not container.stopping:
+            await self.remove(container, force=True)
+            return
+        policy = restart.parse_policy(record.restart_policy)
+        if container.stopping or not restart.should_restart(policy, record.exit_code, record.restart_count,
+                                                             record.manually_stopped):
+            return
+        if ran_for >= restart.STABLE_SECONDS:
+            container.failures_in_a_row = 0
+        delay = restart.backoff_delay(container.failures_in_a_row)
+        container.failures_in_a_row += 1
+        self._transition(container, "restarting")
+        log.info("container %s exited with %d; restarting in %.1f s (policy %s)",
+                 container.id, record.exit_code, delay, policy)
+        loop = asyncio.get_running_loop()
+        container.restart_handle = loop.call_later(delay, lambda: loop.create_task(self._restart(container)))
+
+    async def _restart(self, container: Container) -> None:
+        container.restart_handle = None
+        async with container.lock:
+            if container.record.status != "restarting":
+                return
+            container.record.restart_count += 1
+            try:
+                await self._start_task(container)
+            except MoorError as exc:
+                log.error("container %s: restart failed: %s", container.id, exc.message)
+                return
+        self.events.publish(protocol.TOPIC_TASK_RESTART, container.id, name=container.record.name,
+                            restart_count=container.record.restart_count)
+
+    def _cancel_restart(self, container: Container) -> None:
+        if container.restart_handle is not None:
+            container.restart_handle.cancel()
+            container.restart_handle = None
+        if container.record.status == "restarting":
+            self._transition(container, "exited")
+
+    # -- stop, kill, wait -----------------------------------------------------
+
+    async def stop(self, container: Container, timeout: float | None = None) -> None:
+        """Send the stop signal, then SIGKILL after ``timeout`` seconds; never undone by a policy."""
+        record = container.record
+        record.manually_stopped = True
+        self.store.save(record)
+        self._cancel_restart(container)
+        if record.status != "running":
+            return
+        timeout = record.options.get("stop_timeout", 10) if timeout is None else timeout
+        container.stopping = True
+        try:
+            await self._signal(container, parse_signal(record.options.get("stop_signal", "SIGTERM")))
+            if not await self._wait_exit(container, timeout):
+                log.warning("container %s did not stop within %g s; sending SIGKILL", container.id, timeout)
+                await self._signal(container, signals.SIGKILL, all_processes=True)
+                await self._wait_exit(container, 30)
+        finally:
+            container.stopping = False
+
+    async def kill(self, container: Container, signal_number: int) -> None:
+        record = container.record
+        if record.status != "running":
+            raise FailedPrecondition(f"container {record.name} is not running (it is {record.status})")
+        record.manually_stopped = True
+        self.store.save(record)
+        await self._signal(container, signal_number)
+
+    async def _signal(self, container: Container, signal_number: int, all_processes: bool = False) -> None:
+        if container.shim is None:
+            return
+        try:
+            await container.shim.call("kill", signal=int(signal_number), all=all_processes)
+        except FailedPrecondition as exc:
+            log.info("container %s: signal %d not delivered: %s", container.id, signal_number, exc)
+
+    async def _wait_exit(self, container: Container, timeout: float) -> bool:
+        if container.record.status != "running":
+            return True
+        try:
+            await asyncio.wait_for(container.exit_event.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def wait(self, container: Container) -> int:
+        """Wait until the container is neither running nor restarting; return its exit code."""
+        while container.record.status in ("running", "restarting"):
+            await container.changed.wait()
+        code = container.record.exit_code
+        return 0 if code is None else code
+
+    # -- remove ---------------------------------------------------------------
+
+    async def remove(self, container: Container, force: bool = False) -> None:
+        record = container.record
+        if record.status == "running":
+            if not force:
+                raise FailedPrecondition(
+                    f"container {record.name} is running: stop it first (`moor stop {record.name}`) or use `moor rm -f`")
+            container.stopping = True
+            record.manually_stopped = True
+            await self._signal(container, signals.SIGKILL, all_processes=True)
+            await self._wait_exit(container, 30)
+        if record.status == "removing" or container.id not in self.containers:
+            return
+        self._cancel_restart(container)
+        self._transition(container, "removing")
+        if container.shim is not None or record.shim_pid:
+            await self._delete_task(container)
+        await asyncio.to_thread(self._remove_folder, container.id)
+        self.plugins.hook.moorage_container_removed(container_id=container.id)
+        self.store.delete(container.id)
+        self.containers.pop(container.id, None)
+        container.changed.set()
+        for queue in list(container.listeners):
+            queue.put_nowait(("removed",))
+        self.events.publish(protocol.TOPIC_CONTAINER_DELETE, container.id, name=record.name)
+        log.info("container %s removed", container.id)
+
+    # -- exec -----------------------------------------------------------------
+
+    async def exec_start(self, container: Container, request: dict) -> ExecSession:
+        record = container.record
+        if record.status != "running" or container.shim is None:
+            raise FailedPrecondition(f"container {record.name} is not running (it is {record.status})")
+        process = self._exec_process(record.spec["process"], Path(record.spec["root"]["path"]), request)
+        session = ExecSession(exec_id=names.new_id()[:16])
+        container.execs[session.exec_id] = session
+        try:
+            result = await container.shim.call("exec", timeout=60, exec=session.exec_id, process=process)
+        except MoorError:
+            container.execs.pop(session.exec_id, None)
+            raise
+        session.pid = result["pid"]
+        self.events.publish(protocol.TOPIC_TASK_EXEC_STARTED, container.id, exec_id=session.exec_id, pid=session.pid)
+        return session
+
+    @staticmethod
+    def _exec_process(base: dict, rootfs: Path, request: dict) -> dict:
+        from supervisor import ocispec
+
+        args = list(request.get("args") or [])
+        if not args:
+            raise InvalidArgument("no command given to exec: put the command after the container name")
+        ocispec.RunOptions(args=tuple(args), env=tuple(request.get("env") or ()),
+                           workdir=request.get("workdir"), user=request.get("user")).validate()
+        process = dict(base, args=args, terminal=False)
+        if request.get("env"):
+            process["env"] = ocispec.merge_env(list(base.get("env", [])), list(request["env"]))
+        if request.get("workdir"):
+            process["cwd"] = request["workdir"]
+        if request.get("user"):
+            process["user"] = ocispec.resolve_user(rootfs, request["user"])
+        return process
+
+    # -- restore after a moord restart -------------------------------------------
+
+    async def restore(self) -> None:
+        """Load every container, reconnect to live shims and catch up on what was missed."""
+        rebooted = self.store.setting("boot_id") not in ("", self.boot_id)
+        self.store.set_setting("boot_id", self.boot_id)
+        for record in self.store.all():
+            self.containers[record.id] = Container(record)
+        await asyncio.gather(*(self._restore_one(c, rebooted) for c in list(self.containers.values())))
+
+    async def _restore_one(self, container: Container, rebooted: bool) -> None:
+        record = container.record
+        if record.status == "removing":
+            await self.remove(container, force=True)
+            return
+        if record.shim_pid and self._shim_alive(record):
+            await self._reconnect(container)
+            return
+        if record.shim_pid or record.status in ("running", "restarting"):
+            await self._mark_vanished(container, rebooted)
+        elif rebooted and record.status == "exited":
+            await self._start_after_boot(container)
+
+    def _shim_alive(self, record: ContainerRecord) -> bool:
+        start_time = process_start_time(record.shim_pid)
+        return start_time != 0 and start_time == record.shim_start_time
+
+    async def _reconnect(self, container: Container) -> None:
+        record = container.record
+        position = self.plugins.hook.moorage_output_position(container_id=container.id)
+        if position and position[0] == record.task_gen:
+            record.acked_seq = max(record.acked_seq, position[1])
+        self._connect(container, record.task_gen)
+        try:
+            state = await container.shim.call("subscribe", timeout=10, **{"from": record.acked_seq + 1})
+        except MoorError as exc:
+            log.error("container %s: shim %d does not answer: %s", container.id, record.shim_pid, exc)
+            await self._mark_vanished(container, False)
+            return
+        log.info("container %s: reconnected to shim %d (%s, replaying from record %d)",
+                 container.id, record.shim_pid, state["status"], record.acked_seq + 1)
+        container.exit_event = asyncio.Event()
+        if state["status"] == "failed":
+            await self._delete_task(container)
+
+    async def _mark_vanished(self, container: Container, rebooted: bool) -> None:
+        record = container.record
+        reason = "the host rebooted" if rebooted else f"its shim (pid {record.shim_pid}) vanished"
+        log.error("container %s: %s; marking it exited", container.id, reason)
+        await asyncio.to_thread(self._force_delete_runtime, container.id)
+        container.shim = None
+        await self._delete_task(container)
+        if record.status in ("running", "restarting", "created"):
+            record.exit_code = record.exit_code if record.status == "restarting" else VANISHED_EXIT_CODE
+            record.exit_reason = reason
+            record.finished_at = record.finished_at or time.time()
+            if record.status != "created":
+                self._transition(container, "exited", protocol.TOPIC_TASK_EXIT, exit_code=record.exit_code,
+                                 reason=reason)
+            else:
+                self.store.save(record)
+        if rebooted:
+            await self._start_after_boot(container)
+        else:
+            await self._after_exit(container, 0)
+
+    async def _start_after_boot(self, container: Container) -> None:
+        record = container.record
+        policy = restart.parse_policy(record.restart_policy)
+        wanted = policy.name == "always" or (policy.name == "unless-stopped" and not record.manually_stopped)
+        if wanted or restart.should_restart(policy, record.exit_code or 0, record.restart_count, record.manually_stopped):
+            log.info("container %s: starting after reboot (policy %s)", container.id, policy)
+            try:
+                await self.start(container, by_user=False)
+            except MoorError as exc:
+                log.error("container %s: start after reboot failed: %s", container.id, exc.message)
+
+    def _force_delete_runtime(self, container_id: str) -> None:
+        import subprocess
+        subprocess.run([self.config.runtime, "--root", str(self.config.state / "runc"), "delete", "--force",
+                        container_id], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def close(self) -> None:
+        for container in self.containers.values():
+            if container.restart_handle is not None:
+                container.restart_handle.cancel()
+            if container.shim is not None:
+                container.shim.close()
+
+
+def parse_signal(value) -> int:
+    """Turn ``9``, ``KILL`` or ``SIGKILL`` into a signal number."""
+    text = str(value).strip().upper()
+    if text.isdigit():
+        number = int(text)
+    else:
+        name = text if text.startswith("SIG") else f"SIG{text}"
+        number = getattr(signals.Signals, name, None)
+        if number is None:
+            raise InvalidArgument(f"invalid signal {value!r}: use a name like TERM or KILL, or a number")
+        number = int(number)
+    if not 1 <= number <= 64:
+        raise InvalidArgument(f"invalid signal {value!r}: signal numbers go from 1 to 64")
+    return number

@@ -1,0 +1,146 @@
+"""``moord``: start-up, restore, serving and a clean exit that leaves containers running."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import fcntl
+import logging
+import logging.handlers
+import os
+import resource
+import signal
+import sys
+from pathlib import Path
+
+import pluggy
+import zmq
+import zmq.asyncio
+
+from shim.protocol import MoorError
+from supervisor import config as daemon_config
+from supervisor import hookspecs
+from supervisor.api import Api
+from supervisor.containers import Manager
+from supervisor.events import EventBus
+from supervisor.shims import Launcher
+from supervisor.store import Store
+
+log = logging.getLogger("supervisor")
+
+VERSION = "0.1.0"
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="moord", description="Moorage supervisor daemon.")
+    parser.add_argument("--root", type=Path, help="folder for metadata, images and logs (default /var/lib/moorage)")
+    parser.add_argument("--state", type=Path, help="folder for sockets and shim state (default /run/moorage)")
+    parser.add_argument("--config", type=Path, help="config file (default /etc/moorage/config.toml if it exists)")
+    parser.add_argument("--runtime", help="OCI runtime binary with runc's command line (default runc)")
+    parser.add_argument("--spool-limit", type=int, help="bytes of output a shim keeps while moord is away")
+    parser.add_argument("--log-max-size", type=int, help="bytes per container log file before rotation")
+    parser.add_argument("--log-max-files", type=int, help="container log files kept, the current one included")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="moord's own log level")
+    parser.add_argument("--version", action="version", version=f"moord {VERSION}")
+    return parser.parse_args(argv)
+
+
+def _configure_logging(config: daemon_config.DaemonConfig) -> None:
+    handler = logging.handlers.RotatingFileHandler(config.root / "moord.log", maxBytes=10 * 1024 * 1024,
+                                                   backupCount=3)
+    stream = logging.StreamHandler(sys.stderr)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for h in (handler, stream):
+        h.setFormatter(fmt)
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler, stream], force=True)
+
+
+def _lock_state(config: daemon_config.DaemonConfig) -> int:
+    """Take the state folder's lock so that two moords never share it."""
+    fd = os.open(config.state / "moord.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise MoorError(f"another moord is already running with state folder {config.state}") from None
+    return fd
+
+
+def _raise_file_limit() -> dict[int, tuple[int, int]]:
+    """Raise moord's own open-files limit; return the original limits for its children."""
+    original = {resource.RLIMIT_NOFILE: resource.getrlimit(resource.RLIMIT_NOFILE)}
+    soft, hard = original[resource.RLIMIT_NOFILE]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return original
+
+
+def _plugin_manager(config) -> pluggy.PluginManager:
+    from plugins.filelog import FileLogger
+
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    manager.register(FileLogger(config.root, config.log_max_size, config.log_max_files), name="filelog")
+    manager.load_setuptools_entrypoints("moorage.plugins")
+    manager.check_pending()
+    return manager
+
+
+async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
+    from supervisor.images import ImageStore
+
+    context = zmq.asyncio.Context()
+    store = Store(config.db_path)
+    plugins = _plugin_manager(config)
+    events = EventBus(context, config.events_socket)
+    launcher = Launcher(config.state / "launcher.log", rlimits)
+    await launcher.start()
+    images = ImageStore(config.root, config.db_path)
+    manager = Manager(config, store, images, events, plugins, launcher, context,
+                      nofile_limits=rlimits[resource.RLIMIT_NOFILE])
+    plugins.hook.moorage_startup(config=config)
+
+    await manager.restore()
+    api = Api(manager, context, config.api_socket, VERSION)
+    log.info("moord %s serving on %s (root %s)", VERSION, config.api_socket, config.root)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    server = loop.create_task(api.serve())
+    await stop.wait()
+    log.info("moord stopping; containers keep running")
+    server.cancel()
+    manager.close()
+    plugins.hook.moorage_shutdown()
+    await launcher.stop()
+    events.close()
+    api.socket.close(linger=0)
+    store.close()
+    context.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    overrides = {"root": args.root, "state": args.state, "runtime": args.runtime, "spool_limit": args.spool_limit,
+                 "log_max_size": args.log_max_size, "log_max_files": args.log_max_files,
+                 "log_level": args.log_level}
+    try:
+        config = daemon_config.load(args.config, overrides)
+        config.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        config.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _configure_logging(config)
+        lock = _lock_state(config)
+    except MoorError as exc:
+        print(f"moord: {exc.message}", file=sys.stderr)
+        return 1
+    rlimits = _raise_file_limit()
+    try:
+        asyncio.run(_serve(config, rlimits))
+    finally:
+        os.close(lock)
+    log.info("moord stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Shapes of what moord returns for ``ps``, ``inspect`` and ``image ls``."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import datetime, timezone
+
+from shim.protocol import InvalidArgument
+
+
+def iso(ts: float) -> str:
+    if not ts:
+        return "0001-01-01T00:00:00Z"
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def summary(container) -> dict:
+    record = container.record
+    return {"id": record.id, "name": record.name, "image": record.image, "status": record.status,
+            "command": record.spec.get("process", {}).get("args", []), "created": record.created,
+            "started_at": record.started_at, "finished_at": record.finished_at,
+            "exit_code": record.exit_code, "restart_count": record.restart_count, "pid": record.pid}
+
+
+def inspect(container, manager) -> dict:
+    """Return a docker-like description of one container."""
+    record = container.record
+    process = record.spec.get("process", {})
+    return {
+        "Id": record.id,
+        "Name": record.name,
+        "Created": iso(record.created),
+        "Image": record.image,
+        "ImageId": record.image_id,
+        "State": {
+            "Status": record.status,
+            "Running": record.status == "running",
+            "Restarting": record.status == "restarting",
+            "Pid": record.pid,
+            "ExitCode": record.exit_code if record.exit_code is not None else 0,
+            "ExitSignal": record.exit_signal,
+            "Error": record.exit_reason,
+            "StartedAt": iso(record.started_at),
+            "FinishedAt": iso(record.finished_at),
+            "ManuallyStopped": record.manually_stopped,
+            "LostOutputBytes": container.lost_bytes,
+        },
+        "RestartCount": record.restart_count,
+        "Config": {
+            "Cmd": process.get("args", []),
+            "Env": process.get("env", []),
+            "WorkingDir": process.get("cwd", "/"),
+            "User": process.get("user", {}),
+            "Hostname": record.spec.get("hostname", ""),
+            "Labels": record.labels,
+            "StopSignal": record.options.get("stop_signal", "SIGTERM"),
+        },
+        "HostConfig": {
+            "RestartPolicy": record.restart_policy,
+            "AutoRemove": bool(record.options.get("auto_remove")),
+            "ReadonlyRootfs": bool(record.spec.get("root", {}).get("readonly")),
+            "Binds": list(record.options.get("volumes", [])),
+        },
+        "Shim": {"Pid": record.shim_pid, "Generation": record.task_gen,
+                 "Socket": str(manager.shim_folder(record.id) / "shim.sock") if record.shim_pid else ""},
+        "LogPath": str(manager.folder(record.id) / "logs" / "container.log"),
+        "Rootfs": record.spec.get("root", {}).get("path", ""),
+    }
+
+
+def image(image) -> dict:
+    return {"name": image.name, "id": image.id, "digest": image.manifest_digest, "size": image.size,
+            "created": image.created}
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)$")
+
+
+def since_timestamp(value) -> str | None:
+    """Turn ``--since`` (RFC 3339, unix seconds, or a duration like 10m) into a log timestamp."""
+    if value in (None, ""):
+        return None
+    from plugins.filelog import format_time
+    text = str(value)
+    match = _DURATION.match(text)
+    if match:
+        seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+        return format_time(time.time() - seconds)
+    try:
+        return format_time(float(text))
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidArgument(
+            f"invalid --since value {text!r}: use RFC 3339 (2026-12-04T10:00:00Z), unix seconds or 10m") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return format_time(parsed.timestamp())
+
+
+def cgroup_version() -> int:
+    return 2 if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else 1

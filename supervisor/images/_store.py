@@ -1,0 +1,526 @@
+"""ImageStore: import, list, remove images, and copy their snapshots into container roots."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, MoorError,
+                           NotFound)
+
+from . import _busybox, _oci
+from ._content import ContentStore, check_digest
+from ._db import Image, ImageRecord, ImageTable
+from ._pack import write_folder_layer
+from ._reference import normalize_name
+from ._unpack import LayerUnpacker, apply_layer_file
+
+log = logging.getLogger(__name__)
+
+# Snapshot folders and blob files are both named by 64 hex digits of a sha256 digest.
+_SHA256_HEX_RE = re.compile(r"[a-f0-9]{64}", re.ASCII)
+_HEX_PREFIX_RE = re.compile(r"(?:sha256:)?([a-f0-9]{4,64})", re.ASCII)
+_TEMP_PREFIX = ".tmp-"
+
+
+@dataclass
+class _ImportJob:
+    """Blobs and snapshots an import created, so that a failed import can remove them."""
+
+    new_blobs: list[str] = field(default_factory=list)
+    new_snapshots: list[str] = field(default_factory=list)
+    records: list[ImageRecord] = field(default_factory=list)
+
+
+class ImageStore:
+    """Images of one moord root: blobs, snapshots and the ``images`` table.
+
+    Imports and removals hold one lock of the store, so a daemon must use a single
+    ImageStore per root.  Creating it removes what interrupted imports left behind.
+    """
+
+    def __init__(self, root: Path, db_path: Path):
+        self._snapshots = root / "snapshots"
+        self._lock = threading.RLock()
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._snapshots.mkdir(exist_ok=True)
+        # Snapshots hold setuid programs, so no other host user may reach them.
+        os.chmod(self._snapshots, 0o700)
+
+        self._content = ContentStore(root)
+        os.chmod(root / "blobs", 0o700)
+        self._table = ImageTable(db_path)
+        self._clean_leftovers()
+
+    def _clean_leftovers(self) -> None:
+        """Remove temporary files, and the snapshots and blobs that no recorded image uses.
+
+        Those are left when moord stops between unpacking an image and recording it.
+        """
+        self._content.clean_ingest()
+        for leftover in self._snapshots.glob(_TEMP_PREFIX + "*"):
+            log.info("removing unfinished snapshot %s", leftover)
+            shutil.rmtree(leftover)
+        self._remove_unused()
+
+    def _remove_unused(self) -> None:
+        records = self._table.all()
+        used_snapshots = {record.image.snapshot for record in records}
+        used_blobs = {digest.removeprefix("sha256:") for r in records for digest in r.blobs}
+        for path in self._snapshots.iterdir():
+            if _SHA256_HEX_RE.fullmatch(path.name) is None:
+                log.warning("ignoring %s: not a snapshot name", path)
+            elif path.name not in used_snapshots:
+                log.info("removing snapshot %s, which no image uses", path.name)
+                self._delete_snapshot(path.name)
+        for path in self._content.blob_dir.iterdir():
+            if _SHA256_HEX_RE.fullmatch(path.name) is None:
+                log.warning("ignoring %s: not a blob name", path)
+            elif path.name not in used_blobs:
+                log.info("removing blob sha256:%s, which no image uses", path.name)
+                path.unlink()
+
+    # Queries.
+
+    def list(self) -> list[Image]:
+        """Return every image name, sorted."""
+        return [record.image for record in self._table.all()]
+
+    def get(self, ref: str) -> Image:
+        """Find an image by name, name:tag, full id or a unique id prefix of 4 or more digits."""
+        return self._lookup(ref)[0]
+
+    def _lookup(self, ref: str) -> tuple[Image, bool]:
+        """Return the image and whether ``ref`` matched its id rather than a name.
+
+        A name wins over an id prefix, so "abcd" finds the image named abcd:latest first.
+        """
+        try:
+            record = self._table.get(normalize_name(ref))
+        except InvalidArgument:
+            if _HEX_PREFIX_RE.fullmatch(ref) is None:
+                raise
+            record = None
+        if record is not None:
+            return record.image, False
+
+        return self._get_by_id(ref), True
+
+    def _get_by_id(self, ref: str) -> Image:
+        match = _HEX_PREFIX_RE.fullmatch(ref)
+        if match is None:
+            raise NotFound(f"image {ref!r} not found; list images with `moor image ls`")
+
+        prefix = "sha256:" + match.group(1)
+        images = [image for image in self.list() if image.id.startswith(prefix)]
+        if len({image.id for image in images}) > 1:
+            raise InvalidArgument(
+                f"image id prefix {ref!r} matches several images; give more digits")
+        if not images:
+            raise NotFound(f"image {ref!r} not found; list images with `moor image ls`")
+        return images[0]
+
+    # Imports.
+
+    def import_rootfs(self, name: str, folder: Path, config: dict | None = None) -> Image:
+        """Make a single-layer image of a folder and name it, moving the name if it exists."""
+        name = normalize_name(name)
+        _check_rootfs_folder(folder)
+        config_text = _check_config(config)
+
+        with self._lock:
+            job = _ImportJob()
+            with self._rolled_back_on_error(job):
+                layer, diff_id = self._write_folder_layer(folder, job)
+                record = self._record_rootfs(name, layer, diff_id, json.loads(config_text), job)
+                job.records.append(record)
+                moved = self._record(job)
+            self._collect_garbage(moved)
+
+        log.info("imported image %s (%s) from folder %s", name, record.image.id, folder)
+        return record.image
+
+    def _write_folder_layer(self, folder: Path, job: _ImportJob) -> tuple[_oci.Descriptor, str]:
+        writer = self._content.writer()
+        try:
+            write_folder_layer(folder, writer)
+        except BaseException:
+            writer.abort()
+            raise
+
+        digest, created = writer.commit()
+        if created:
+            job.new_blobs.append(digest)
+        return _oci.Descriptor(_oci.MEDIA_LAYER, digest, writer.size), digest
+
+    def _record_rootfs(self, name: str, layer: _oci.Descriptor, diff_id: str, config: dict,
+                       job: _ImportJob) -> ImageRecord:
+        """Write the config and manifest blobs of a one-layer image and make its snapshot."""
+        now = time.time()
+        image_config = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            "architecture": _oci.host_platform()[0],
+            "os": "linux",
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created_by": "moor image import-rootfs"}],
+        }
+        config_descriptor = self._put_document(_oci.MEDIA_CONFIG, image_config, job)
+        manifest = {
+            "schemaVersion": 2,
+            "mediaType": _oci.MEDIA_MANIFEST,
+            "config": _descriptor_json(config_descriptor),
+            "layers": [_descriptor_json(layer)],
+        }
+        manifest_descriptor = self._put_document(_oci.MEDIA_MANIFEST, manifest, job)
+
+        snapshot, size = self._ensure_snapshot([layer], [diff_id], job)
+        image = Image(name=name, id=config_descriptor.digest,
+                      manifest_digest=manifest_descriptor.digest, snapshot=snapshot,
+                      size=size, created=now, config=config)
+        blobs = (manifest_descriptor.digest, config_descriptor.digest, layer.digest)
+        return ImageRecord(image=image, blobs=blobs)
+
+    def _put_document(self, media_type: str, document: dict, job: _ImportJob) -> _oci.Descriptor:
+        data = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        digest, created = self._content.put_bytes(data)
+        if created:
+            job.new_blobs.append(digest)
+        return _oci.Descriptor(media_type, digest, len(data))
+
+    def import_archive(self, path: Path, name: str | None = None) -> list[Image]:
+        """Import every image of an OCI archive for this host's platform, all or none."""
+        with self._lock, _oci.OciArchive(path) as archive:
+            targets = _oci.select_manifests(archive, name)
+            job = _ImportJob()
+            with self._rolled_back_on_error(job):
+                for image_name, manifest in targets:
+                    job.records.append(self._import_manifest(archive, image_name, manifest, job))
+                moved = self._record(job)
+            self._collect_garbage(moved)
+
+        for record in job.records:
+            log.info("imported image %s (%s) from %s", record.image.name, record.image.id, path)
+        return [record.image for record in job.records]
+
+    def _import_manifest(self, archive: _oci.OciArchive, name: str,
+                         descriptor: _oci.Descriptor, job: _ImportJob) -> ImageRecord:
+        """Store a manifest, its config and its layers, verified, and make its snapshot."""
+        manifest = self._ingest_document(archive, descriptor, job)
+        where = f"{archive.path}: manifest {descriptor.digest}"
+        config_descriptor = _oci.parse_descriptor(manifest.get("config"), where)
+        layers = _oci.descriptor_list(manifest, "layers", where)
+        _check_manifest_types(config_descriptor, layers, where)
+
+        image_config = self._ingest_document(archive, config_descriptor, job)
+        diff_ids = _diff_ids(image_config, len(layers), f"{archive.path}: config "
+                             f"{config_descriptor.digest}")
+        for layer in layers:
+            if self._content.ingest(archive.open_blob(layer), layer.digest, layer.size,
+                                    str(archive.path)):
+                job.new_blobs.append(layer.digest)
+
+        # An existing snapshot came from layers with these same diff ids, so it is reused.
+        snapshot, size = self._ensure_snapshot(layers, diff_ids, job)
+        created = _oci.parse_created(image_config.get("created")) or time.time()
+        config = image_config.get("config")
+        image = Image(name=name, id=config_descriptor.digest, manifest_digest=descriptor.digest,
+                      snapshot=snapshot, size=size, created=created,
+                      config=config if isinstance(config, dict) else {})
+        blobs = (descriptor.digest, config_descriptor.digest, *(l.digest for l in layers))
+        return ImageRecord(image=image, blobs=blobs)
+
+    def _ingest_document(self, archive: _oci.OciArchive, descriptor: _oci.Descriptor,
+                         job: _ImportJob) -> dict:
+        data = archive.read_document(descriptor)
+        document = _oci.parse_json(data, f"{archive.path}: blob {descriptor.digest}")
+        _, created = self._content.put_bytes(data)
+        if created:
+            job.new_blobs.append(descriptor.digest)
+        return document
+
+    # Snapshots.
+
+    def _ensure_snapshot(self, layers: list[_oci.Descriptor], diff_ids: list[str],
+                         job: _ImportJob) -> tuple[str, int]:
+        """Return (name, size) of the snapshot of a layer stack, unpacking it if new."""
+        name = _oci.chain_id(diff_ids).removeprefix("sha256:")
+        final = self._snapshots / name
+        if final.is_dir():
+            size = self._table.snapshot_size(name)
+            return name, size if size is not None else _tree_size(final)
+
+        temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=self._snapshots))
+        try:
+            size = self._unpack_layers(temp, layers, diff_ids)
+            os.rename(temp, final)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        job.new_snapshots.append(name)
+        return name, size
+
+    def _unpack_layers(self, temp: Path, layers: list[_oci.Descriptor],
+                       diff_ids: list[str]) -> int:
+        os.chmod(temp, 0o755)
+        with LayerUnpacker(temp) as unpacker:
+            for layer, expected in zip(layers, diff_ids):
+                actual = apply_layer_file(unpacker, self._content.path(layer.digest), layer.digest)
+                if actual != expected:
+                    raise InvalidArgument(
+                        f"layer {layer.digest} unpacks to content {actual}, but the image "
+                        f"config says {expected}; the image is corrupt")
+            return unpacker.size
+
+    def _snapshot_path(self, name: str) -> Path:
+        if _SHA256_HEX_RE.fullmatch(name) is None:
+            raise InvalidArgument(f"invalid snapshot name {name!r}")
+        return self._snapshots / name
+
+    # Recording and garbage collection.
+
+    def _record(self, job: _ImportJob) -> list[ImageRecord]:
+        """Record the job's names in one transaction; return the rows those names replaced."""
+        names = {record.image.name for record in job.records}
+        replaced = [record for record in self._table.all() if record.image.name in names]
+        self._table.put(job.records)
+        return replaced
+
+    @contextlib.contextmanager
+    def _rolled_back_on_error(self, job: _ImportJob) -> Iterator[None]:
+        """Remove the job's new snapshots and blobs if the block fails before recording."""
+        try:
+            yield
+        except BaseException:
+            for snapshot in job.new_snapshots:
+                shutil.rmtree(self._snapshots / snapshot, ignore_errors=True)
+            for digest in job.new_blobs:
+                self._content.delete(digest)
+            log.debug("rolled back a failed import: removed %d snapshots and %d blobs",
+                      len(job.new_snapshots), len(job.new_blobs))
+            raise
+
+    def _collect_garbage(self, dropped: list[ImageRecord]) -> list[str]:
+        """Delete the snapshots and blobs of ``dropped`` that no recorded name uses.
+
+        Return the ids of the images that no name refers to any more.
+        """
+        remaining = self._table.all()
+        remaining_blobs = {digest for record in remaining for digest in record.blobs}
+        remaining_snapshots = {record.image.snapshot for record in remaining}
+        remaining_ids = {record.image.id for record in remaining}
+
+        for snapshot in {r.image.snapshot for r in dropped} - remaining_snapshots:
+            self._delete_snapshot(snapshot)
+        for digest in {d for r in dropped for d in r.blobs} - remaining_blobs:
+            self._content.delete(digest)
+        return sorted({r.image.id for r in dropped} - remaining_ids)
+
+    def _delete_snapshot(self, name: str) -> None:
+        """Rename a snapshot out of the way first, so that a crash never leaves half of one."""
+        path = self._snapshot_path(name)
+        if not path.exists():
+            return
+        doomed = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=self._snapshots))
+        os.rename(path, doomed / name)
+        shutil.rmtree(doomed)
+        log.info("removed snapshot %s", name)
+
+    # Removal.
+
+    def remove(self, ref: str, in_use: Callable[[str], bool] | None = None) -> list[str]:
+        """Untag an image; delete its snapshot and blobs once no name refers to them.
+
+        A name or name:tag removes that name; an id or id prefix removes every name of
+        the image.  Return the removed names, then the ids of the images deleted.
+        """
+        with self._lock:
+            image, by_id = self._lookup(ref)
+            records = self._table.all()
+            if by_id:
+                dropped = [r for r in records if r.image.id == image.id]
+            else:
+                dropped = [r for r in records if r.image.name == image.name]
+
+            self._check_not_in_use(ref, records, dropped, in_use)
+            self._table.delete([r.image.name for r in dropped])
+            deleted_ids = self._collect_garbage(dropped)
+
+        log.info("removed image %s: untagged %s, deleted %s", ref,
+                 [r.image.name for r in dropped], deleted_ids)
+        return [r.image.name for r in dropped] + deleted_ids
+
+    @staticmethod
+    def _check_not_in_use(ref: str, records: list[ImageRecord], dropped: list[ImageRecord],
+                          in_use: Callable[[str], bool] | None) -> None:
+        """Reject a removal that would delete a snapshot that containers still use."""
+        if in_use is None:
+            return
+        names = {r.image.name for r in dropped}
+        remaining_snapshots = {r.image.snapshot for r in records if r.image.name not in names}
+        for snapshot in {r.image.snapshot for r in dropped} - remaining_snapshots:
+            if in_use(snapshot):
+                raise FailedPrecondition(
+                    f"image {ref!r} is used by one or more containers; remove those containers "
+                    "first with `moor rm`, then remove the image")
+
+    # The default image.
+
+    def ensure_busybox(self, name: str = "busybox:latest",
+                       busybox: Path = Path("/bin/busybox")) -> Image:
+        """Return the busybox image, making it from the host's static busybox if missing."""
+        name = normalize_name(name)
+        with self._lock:
+            record = self._table.get(name)
+            if record is not None:
+                return record.image
+
+            _busybox.check_static(busybox)
+            applets = _busybox.list_applets(busybox)
+            with tempfile.TemporaryDirectory(prefix="moorage-busybox-") as folder:
+                _busybox.build_busybox_root(Path(folder), busybox, applets)
+                return self.import_rootfs(name, Path(folder), _busybox.BUSYBOX_CONFIG)
+
+    # Container roots.
+
+    def prepare_rootfs(self, image: Image, dest: Path) -> None:
+        """Copy an image's snapshot to ``dest``, which must not exist, as a container's root."""
+        snapshot = self._snapshot_path(image.snapshot)
+        if not snapshot.is_dir():
+            raise NotFound(
+                f"snapshot {image.snapshot} of image {image.name} is missing; remove the image "
+                "with `moor image rm` and import it again")
+        if os.path.lexists(dest):
+            raise AlreadyExists(f"container root {dest} already exists; remove it first")
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        temp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_TEMP_PREFIX}", dir=dest.parent))
+        try:
+            _copy_tree(snapshot, temp)
+            os.rename(temp, dest)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+
+    def remove_rootfs(self, dest: Path) -> None:
+        """Delete a container root; a missing one is not an error, and links are not followed."""
+        if not os.path.lexists(dest):
+            return
+        if dest.is_symlink():
+            dest.unlink()
+            return
+
+        mounted = _mounts_under(dest)
+        if mounted:
+            raise FailedPrecondition(
+                f"container root {dest} still has mounts ({', '.join(mounted)}); "
+                "unmount them before removing it")
+        shutil.rmtree(dest)
+
+
+def _check_rootfs_folder(folder: Path) -> None:
+    """Reject a folder that is missing, not a folder, or has no /bin to run a command from."""
+    if not folder.exists():
+        raise InvalidArgument(f"folder {folder} does not exist; check the path")
+    if not folder.is_dir():
+        raise InvalidArgument(f"{folder} is not a folder; pass the root folder of the image")
+
+    bin_path = folder / "bin"
+    if bin_path.is_symlink():
+        # A merged /usr has bin -> usr/bin; resolve it inside the folder, not on the host.
+        bin_path = folder / os.readlink(bin_path).lstrip("/")
+    if not bin_path.is_dir() or bin_path.is_symlink():
+        raise InvalidArgument(
+            f"folder {folder} has no /bin, so a container made from it cannot run a command; "
+            "check that the path is the root of the image")
+
+
+def _check_config(config: dict | None) -> str:
+    """Return the image config as JSON text, or raise InvalidArgument."""
+    if config is None:
+        return "{}"
+    if not isinstance(config, dict):
+        raise InvalidArgument(f"image config must be a JSON object, not {type(config).__name__}")
+    try:
+        return json.dumps(config)
+    except (TypeError, ValueError) as error:
+        raise InvalidArgument(f"image config cannot be stored as JSON: {error}") from error
+
+
+def _check_manifest_types(config: _oci.Descriptor, layers: list[_oci.Descriptor],
+                          where: str) -> None:
+    if config.media_type not in _oci.CONFIG_TYPES:
+        raise InvalidArgument(f"{where}: config has the unsupported media type {config.media_type}")
+    if not layers:
+        raise InvalidArgument(f"{where} has no layers")
+    for layer in layers:
+        if layer.media_type not in _oci.LAYER_TYPES:
+            raise InvalidArgument(
+                f"{where}: layer {layer.digest} has the unsupported media type {layer.media_type}; "
+                "only tar and gzip-compressed tar layers can be imported")
+
+
+def _diff_ids(image_config: dict, count: int, where: str) -> list[str]:
+    """Return the config's rootfs.diff_ids, one per layer of the manifest."""
+    rootfs = image_config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or len(diff_ids) != count:
+        raise InvalidArgument(
+            f"{where}: rootfs.diff_ids must list one digest per layer ({count} layers)")
+    return [check_digest(diff_id, where) for diff_id in diff_ids]
+
+
+def _descriptor_json(descriptor: _oci.Descriptor) -> dict:
+    return {"mediaType": descriptor.media_type, "digest": descriptor.digest,
+            "size": descriptor.size}
+
+
+def _tree_size(path: Path) -> int:
+    """Add up the sizes of the regular files below ``path``."""
+    total = 0
+    for directory, _, files in os.walk(path):
+        for name in files:
+            st = os.lstat(os.path.join(directory, name))
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
+
+
+def _copy_tree(source: Path, target: Path) -> None:
+    """Copy a tree into the empty folder ``target`` with ``cp -a``, root folder metadata included.
+
+    ``cp -a`` keeps hard links, symlinks, owners, modes, extended attributes, device
+    nodes and times, and ``--reflink=auto`` shares data blocks where the filesystem can.
+    """
+    command = ["cp", "-a", "--reflink=auto", "--", f"{source}/.", str(target)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise MoorError(f"failed to copy snapshot {source} to {target}: {result.stderr.strip()}")
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Return the mount points at or below ``path``, from /proc/self/mountinfo."""
+    real = os.path.realpath(path)
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as mountinfo:
+        for line in mountinfo:
+            point = _unescape_mount(line.split()[4])
+            if point == real or point.startswith(real.rstrip("/") + "/"):
+                found.append(point)
+    return found
+
+
+def _unescape_mount(field_text: str) -> str:
+    """Decode the octal escapes (such as \\040 for a space) of a mountinfo field."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_text)
