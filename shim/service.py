@@ -20,6 +20,7 @@ from pathlib import Path
 import zmq
 
 from shim import protocol
+from shim.netns import has_new_network_namespace, loopback_up
 from shim.outbox import Outbox
 from shim.protocol import (FailedPrecondition, InvalidArgument, MoorError, NotFound,
                            NotImplementedOp, StartFailed)
@@ -159,8 +160,17 @@ class Shim:
             os.close(write_fd)
             self._watch_pipe(self.init, read_fd, stream)
         self.init.pid = int(pid_file.read_text())
+        self._setup_loopback()
         self.status = "created"
         log.info("container %s created, init pid %d", self.id, self.init.pid)
+
+    def _setup_loopback(self) -> None:
+        try:
+            spec = json.loads((self.config.bundle / "config.json").read_text())
+            if has_new_network_namespace(spec):
+                loopback_up(self.init.pid)
+        except (OSError, ValueError) as exc:
+            log.error("container %s: could not bring up lo in its network namespace: %s", self.id, exc)
 
     def _watch_pipe(self, process: Process, fd: int, stream: int) -> None:
         process.pipes[fd] = stream

@@ -1,0 +1,37 @@
+#!/bin/sh
+# Install what Moorage needs on Debian or Ubuntu, as root: runc, busybox-static,
+# a virtual environment at $MOORAGE_VENV (default /opt/moorage) holding this
+# checkout, and links to moor, moord and moor-shim in /usr/local/bin.
+# Run it again at any time; it only adds what is missing.
+set -eu
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv=${MOORAGE_VENV:-/opt/moorage}
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install.sh: run as root (containers need root here)" >&2
+    exit 1
+fi
+
+missing=""
+command -v runc >/dev/null 2>&1 || missing="$missing runc"
+[ -x /bin/busybox ] && ldd /bin/busybox >/dev/null 2>&1 && missing="$missing busybox-static"
+[ -x /bin/busybox ] || missing="$missing busybox-static"
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
+command -v python3 >/dev/null 2>&1 || missing="$missing python3"
+if [ -n "$missing" ]; then
+    echo "install.sh: installing$missing with apt-get"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+    echo "install.sh: creating the virtual environment $venv"
+    python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check "$here[test]"
+
+for command in moor moord moor-shim; do
+    ln -sf "$venv/bin/$command" "/usr/local/bin/$command"
+done
+echo "install.sh: moor, moord and moor-shim are in /usr/local/bin (from $venv)"
