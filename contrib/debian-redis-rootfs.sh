@@ -102,12 +102,12 @@ in_root() {
 }
 
 install_package() {
-    # Keep package scripts from starting redis-server in the chroot: exit code
-    # 101 from policy-rc.d tells invoke-rc.d that starting services is denied.
+    # Keep package scripts from starting redis-server in the chroot, because
+    # invoke-rc.d starts no service while policy-rc.d exits with code 101.
     printf '#!/bin/sh\nexit 101\n' > "$PARTIAL/usr/sbin/policy-rc.d"
     chmod 755 "$PARTIAL/usr/sbin/policy-rc.d"
 
-    in_root apt-get update -q || die "apt-get update inside $PARTIAL failed (mirror $MIRROR)"
+    in_root apt-get update -q || die "apt-get update inside $PARTIAL failed; check that the mirror $MIRROR is reachable"
     in_root apt-get install -y -q --no-install-recommends -o Dpkg::Use-Pty=0 "$PACKAGE" \
         || die "apt-get install $PACKAGE inside $PARTIAL failed"
 
@@ -128,7 +128,7 @@ clean_up() {
 # -- checks -------------------------------------------------------------------
 
 [ $# -eq 1 ] || die "usage: $0 FOLDER (the root folder to make; its parent must exist)"
-[ -n "$1" ] || die "FOLDER is empty; pass the path of the root folder to make"
+[ -n "$1" ] || die "FOLDER is an empty string; pass the path of the root folder to make"
 [ "$(id -u)" -eq 0 ] || die "must run as root, because debootstrap and chroot need root"
 
 TARGET=${1%/}

@@ -69,6 +69,8 @@ class Container:
         self.record = record
         self.shim: ShimClient | None = None
         self.lock = asyncio.Lock()
+        self.task_lock = asyncio.Lock()
+        self.remove_lock = asyncio.Lock()
         self.exit_event = asyncio.Event()
         self.changed = asyncio.Event()
         self.listeners: set[asyncio.Queue] = set()
@@ -77,7 +79,6 @@ class Container:
         self.failures_in_a_row = 0
         self.stopping = False
         self.lost_bytes = 0
-        self.pending_acks = 0
 
     @property
     def id(self) -> str:
@@ -363,17 +364,21 @@ class Manager:
         await self._after_exit(container, ran_for)
 
     async def _delete_task(self, container: Container) -> None:
-        record = container.record
-        if container.shim is not None:
-            try:
-                await container.shim.call("delete", timeout=30, force=True)
-            except MoorError as exc:
-                log.error("container %s: deleting its task failed: %s", container.id, exc)
-            container.shim.close()
-            container.shim = None
-        await asyncio.to_thread(self._clean_task_folders, container.id)
-        record.shim_pid = record.shim_start_time = 0
-        self.store.save(record)
+        """Delete the current task once, however many callers race to do it."""
+        async with container.task_lock:
+            record = container.record
+            shim, container.shim = container.shim, None
+            if shim is None and not record.shim_pid:
+                return
+            if shim is not None:
+                try:
+                    await shim.call("delete", timeout=30, force=True)
+                except MoorError as exc:
+                    log.error("container %s: deleting its task failed: %s", container.id, exc)
+                shim.close()
+            await asyncio.to_thread(self._clean_task_folders, container.id)
+            record.shim_pid = record.shim_start_time = 0
+            self.store.save(record)
 
     def _clean_task_folders(self, container_id: str) -> None:
         shutil.rmtree(self.shim_folder(container_id), ignore_errors=True)
@@ -486,12 +491,16 @@ class Manager:
             record.manually_stopped = True
             await self._signal(container, signals.SIGKILL, all_processes=True)
             await self._wait_exit(container, 30)
-        if record.status == "removing" or container.id not in self.containers:
-            return
-        self._cancel_restart(container)
-        self._transition(container, "removing")
-        if container.shim is not None or record.shim_pid:
+        async with container.remove_lock:
+            if container.id not in self.containers:
+                return
+            self._cancel_restart(container)
+            self._transition(container, "removing")
             await self._delete_task(container)
+            await self._forget(container)
+
+    async def _forget(self, container: Container) -> None:
+        record = container.record
         await asyncio.to_thread(self._remove_folder, container.id)
         self.plugins.hook.moorage_container_removed(container_id=container.id)
         self.store.delete(container.id)
@@ -574,7 +583,7 @@ class Manager:
         try:
             state = await container.shim.call("subscribe", timeout=10, **{"from": record.acked_seq + 1})
         except MoorError as exc:
-            log.error("container %s: shim %d does not answer: %s", container.id, record.shim_pid, exc)
+            log.error("container %s: shim %d did not respond: %s", container.id, record.shim_pid, exc)
             await self._mark_vanished(container, False)
             return
         log.info("container %s: reconnected to shim %d (%s, replaying from record %d)",
