@@ -89,6 +89,10 @@ class ShimClient:
         self.container_id = container_id
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        # A new shim binds its socket a few milliseconds after the fork; the
+        # default 100 ms reconnect interval would add that much to every start.
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 2)
+        self.socket.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         self.socket.setsockopt(zmq.RCVHWM, 8192)
         self.socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
         self.socket.connect(f"ipc://{socket_path}")
@@ -165,10 +169,12 @@ class ShimClient:
 
 
 def process_start_time(pid: int) -> int:
-    """Return the start time of ``pid`` in clock ticks, or 0 if it is gone."""
+    """Return the start time of ``pid`` in clock ticks, or 0 if it is gone or a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             fields = handle.read().rsplit(b")", 1)[1].split()
     except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0
+    if fields[0] == b"Z":
         return 0
     return int(fields[19])
