@@ -1,6 +1,6 @@
 """moord's request API on its ROUTER socket.
 
-A client sends one request per operation; moord answers with one reply, or,
+A client sends one request per operation, and moord replies once or,
 for streaming operations (``run`` attached, ``logs`` following, ``exec``),
 with any number of ``{"rid", "out": {"s": stream, "d": bytes}}`` messages
 followed by the final reply.  Errors are converted to the wire here and only
@@ -26,6 +26,7 @@ from supervisor.containers import Container, Manager, parse_signal
 
 log = logging.getLogger(__name__)
 
+# Largest piece of a stored log line that one message carries (a rejoined line has no size limit).
 OUTPUT_MESSAGE_BYTES = 256 * 1024
 
 
@@ -214,7 +215,12 @@ class Api:
         selected = await asyncio.to_thread(_select_lines, lines, tail, since)
         last = (0, 0)
         for ts, stream_number, line, generation, seq in selected:
-            await stream({"s": stream_number, "d": line, "t": ts})
+            # A rejoined line can exceed the message size limit, so it goes out in pieces.
+            for start in range(0, max(1, len(line)), OUTPUT_MESSAGE_BYTES):
+                message = {"s": stream_number, "d": line[start:start + OUTPUT_MESSAGE_BYTES]}
+                if start == 0:
+                    message["t"] = ts
+                await stream(message)
             last = (generation, seq)
         if selected:
             last = selected[-1][3], selected[-1][4]

@@ -221,7 +221,9 @@ def _each(client, args, op: str, **extra) -> int:
     status = 0
     for ref in args.containers:
         try:
-            client.call(op, id=ref, **extra)
+            # send() puts every argument into the request, so the "timeout" of stop and
+            # restart reaches moord instead of becoming the client's reply timeout.
+            client.wait(client.send(op, id=ref, **extra))
             print(ref)
         except MoorError as exc:
             print(f"moor: {exc.message}", file=sys.stderr)

@@ -62,7 +62,7 @@ class Client:
     def wait(self, rid: int, timeout: float | None = None, on_output: Callable[[dict], None] | None = None):
         while True:
             if not self.socket.poll(None if timeout is None else int(timeout * 1000)):
-                raise DeadlineExceeded(f"moord did not answer within {timeout:g} s")
+                raise DeadlineExceeded(f"moord did not respond within {timeout:g} s")
             message = protocol.unpack(self.socket.recv())
             if message.get("rid") != rid:
                 continue

@@ -161,6 +161,8 @@ class Manager:
                                 "or choose another name")
         policy = restart.parse_policy(request.get("restart") or "no")
         options = ocispec.RunOptions(**request.get("options", {}))
+        if request.get("spec") is not None:
+            _reject_options_with_spec(options)
         options.validate()
         image = await asyncio.to_thread(self._resolve_image, request["image"])
 
@@ -202,6 +204,9 @@ class Manager:
             spec = dict(user_spec)
             spec["root"] = dict(spec.get("root") or {}, path=str(rootfs))
             ocispec.validate_spec(spec)
+            # Each container gets its own cgroup, whatever the file says, so that
+            # two containers made from one file never share (and kill) one cgroup.
+            spec["linux"] = dict(spec["linux"], cgroupsPath=f"/moorage/{container_id}")
             return spec
         return ocispec.build_spec(image.config, options, rootfs=str(rootfs), container_id=container_id,
                                   hostname=container_id[:12], cgroups_path=f"/moorage/{container_id}",
@@ -635,6 +640,18 @@ class Manager:
                 container.restart_handle.cancel()
             if container.shim is not None:
                 container.shim.close()
+
+
+def _reject_options_with_spec(options) -> None:
+    """Refuse run options that a ``--spec`` file would silently override."""
+    given = [name for name, value in (("command", options.args), ("-e", options.env), ("-w", options.workdir),
+                                      ("-u", options.user), ("--hostname", options.hostname),
+                                      ("--read-only", options.read_only), ("-v", options.volumes),
+                                      ("--ulimit", options.ulimits), ("--entrypoint", options.entrypoint))
+             if value]
+    if given:
+        raise InvalidArgument(f"--spec cannot be combined with {', '.join(given)}: put the process, mounts "
+                              "and limits in the spec file instead")
 
 
 def parse_signal(value) -> int:
