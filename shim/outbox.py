@@ -54,7 +54,9 @@ class Outbox:
     def __init__(self, folder: Path, limit: int, segment_bytes: int = SEGMENT_BYTES):
         self.folder = folder
         self.limit = limit
-        self.segment_bytes = segment_bytes
+        # The newest segment stays on disk until the next one starts, even when it is fully
+        # acknowledged, so segments are kept well under the bound to leave room for new output.
+        self.segment_bytes = min(segment_bytes, max(1, limit // 4))
         folder.mkdir(parents=True, exist_ok=True)
         self.segments: list[_Segment] = []
         self.next_seq = 1
@@ -132,7 +134,12 @@ class Outbox:
         segment = self.segments.pop(0)
         self.spooled -= segment.size
         segment.close()
-        self._send_segment = max(0, self._send_segment - 1)
+        if self._send_segment == 0:
+            # The cursor sat at the end of the dropped segment, which was fully sent, so it moves
+            # to the start of the next one.
+            self._send_offset = 0
+        else:
+            self._send_segment -= 1
 
     def rewind(self, from_seq: int) -> None:
         """Restart sending at ``from_seq``; moord has everything before it."""
@@ -150,6 +157,10 @@ class Outbox:
                 self._send_segment = index
                 self._send_offset = self._offset_of(segment, seq)
                 return
+        if self.segments:
+            # Nothing is left to resend, so sending goes on at the end of the last segment,
+            # where the next record is appended.
+            self._send_segment, self._send_offset = len(self.segments) - 1, self.segments[-1].size
 
     def _offset_of(self, segment: _Segment, seq: int) -> int:
         offset, current = 0, segment.first_seq

@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from shim.protocol import FailedPrecondition, MoorError, NotFound, StartFailed
+from shim.protocol import FailedPrecondition, MoorError, StartFailed
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,3 @@ def start_error(message: str) -> StartFailed:
         return StartFailed(message, 126)
     return StartFailed(message, 125)
 
-
-def not_found(container_id: str) -> NotFound:
-    return NotFound(f"container {container_id} has no task in this shim")

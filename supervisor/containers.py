@@ -596,6 +596,15 @@ class Manager:
         container.exit_event = asyncio.Event()
         if state["status"] == "failed":
             await self._delete_task(container)
+        elif state["status"] == "created":
+            await self._delete_unstarted_task(container)
+
+    async def _delete_unstarted_task(self, container: Container) -> None:
+        """Delete a task that moord created but did not start before it died; reschedule a pending restart."""
+        log.warning("container %s: its task was created but never started; deleting it", container.id)
+        await self._delete_task(container)
+        if container.record.status == "restarting":
+            await self._after_exit(container, 0)
 
     async def _mark_vanished(self, container: Container, rebooted: bool) -> None:
         record = container.record
