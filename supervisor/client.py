@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
-import zmq
-
 from shim import protocol
 from shim.protocol import DeadlineExceeded, Unavailable
+from supervisor import zmtp
 
 DEFAULT_STATE = Path("/run/moorage")
 STATE_ENV = "MOORAGE_STATE"
@@ -22,22 +20,16 @@ def state_folder(explicit: str | Path | None = None) -> Path:
 
 
 class Client:
-    """One DEALER connection to moord's API socket."""
+    """One DEALER connection to moord's API socket.
 
-    def __init__(self, state: str | Path | None = None, context: zmq.Context | None = None):
+    It speaks ZMTP itself (``supervisor.zmtp``) instead of importing pyzmq,
+    because pyzmq's import would dominate the time of a short ``moor`` command.
+    """
+
+    def __init__(self, state: str | Path | None = None):
         self.path = state_folder(state) / "moord.sock"
-        self._check_listening()
-        self.context = context or zmq.Context.instance()
-        self.socket = self.context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 100)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
-        self.socket.connect(f"ipc://{self.path}")
-        self.rids = itertools.count(1)
-
-    def _check_listening(self) -> None:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            probe.connect(str(self.path))
+            self.dealer = zmtp.Dealer(str(self.path))
         except (FileNotFoundError, ConnectionRefusedError):
             raise Unavailable(
                 f"moord is not running: nothing listens on {self.path}. Start it with "
@@ -45,12 +37,13 @@ class Client:
                 f"moor at its state folder with --state or {STATE_ENV}") from None
         except PermissionError:
             raise Unavailable(f"permission denied on {self.path}: run moor as root") from None
-        finally:
-            probe.close()
+        except OSError as exc:
+            raise Unavailable(f"could not connect to moord at {self.path}: {exc}") from None
+        self.rids = itertools.count(1)
 
     def send(self, op: str, **args) -> int:
         rid = next(self.rids)
-        self.socket.send(protocol.pack(protocol.request(op, rid, **args)))
+        self.dealer.send(protocol.pack(protocol.request(op, rid, **args)))
         return rid
 
     def call(self, op: str, timeout: float | None = None,
@@ -61,9 +54,12 @@ class Client:
 
     def wait(self, rid: int, timeout: float | None = None, on_output: Callable[[dict], None] | None = None):
         while True:
-            if not self.socket.poll(None if timeout is None else int(timeout * 1000)):
+            if not self.dealer.poll(timeout):
                 raise DeadlineExceeded(f"moord did not respond within {timeout:g} s")
-            message = protocol.unpack(self.socket.recv())
+            try:
+                message = protocol.unpack(self.dealer.recv())
+            except zmtp.ProtocolError as exc:
+                raise Unavailable(f"lost the connection to moord at {self.path}: {exc}") from None
             if message.get("rid") != rid:
                 continue
             if "out" in message:
@@ -75,11 +71,13 @@ class Client:
             return message.get("ok")
 
     def close(self) -> None:
-        self.socket.close()
+        self.dealer.close()
 
 
-def subscribe_events(state: str | Path | None = None, topics: tuple[str, ...] = ("",)) -> zmq.Socket:
-    """Return a SUB socket on moord's event socket, filtered by topic prefixes."""
+def subscribe_events(state: str | Path | None = None, topics: tuple[str, ...] = ("",)):
+    """Return a pyzmq SUB socket on moord's event socket, filtered by topic prefixes."""
+    import zmq
+
     path = state_folder(state) / "events.sock"
     if not path.exists():
         raise Unavailable(f"moord is not running: no event socket at {path}")

@@ -18,6 +18,7 @@ class DaemonConfig:
     root: Path = Path("/var/lib/moorage")
     state: Path = Path("/run/moorage")
     runtime: str = "runc"
+    snapshotter: str = "auto"
     spool_limit: int = 256 * 1024 * 1024
     log_max_size: int = 20 * 1024 * 1024
     log_max_files: int = 5
@@ -36,6 +37,8 @@ class DaemonConfig:
         return self.root / "moorage.db"
 
     def validate(self) -> "DaemonConfig":
+        if self.snapshotter not in ("auto", "overlayfs", "copy"):
+            raise InvalidArgument(f"invalid snapshotter {self.snapshotter!r}: use auto, overlayfs or copy")
         if self.spool_limit < 1024 * 1024:
             raise InvalidArgument(f"spool_limit {self.spool_limit} is too small: give at least 1048576 bytes")
         if self.log_max_size < 1024 or self.log_max_files < 1:

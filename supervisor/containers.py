@@ -78,7 +78,6 @@ class Container:
         self.restart_handle: asyncio.TimerHandle | None = None
         self.failures_in_a_row = 0
         self.stopping = False
-        self.lost_bytes = 0
 
     @property
     def id(self) -> str:
@@ -171,6 +170,7 @@ class Manager:
         rootfs = self.folder(container_id) / "rootfs"
         try:
             spec = await self._prepare(image, options, container_id, rootfs, request.get("spec"))
+            await asyncio.to_thread(self.images.unmount_rootfs, rootfs)
         except BaseException:
             await asyncio.to_thread(self._remove_folder, container_id)
             raise
@@ -248,6 +248,7 @@ class Manager:
         record = container.record
         folder = self.shim_folder(container.id)
         await asyncio.to_thread(self._write_bundle, folder, record.spec)
+        await asyncio.to_thread(self.images.mount_rootfs, self.folder(container.id) / "rootfs")
         record.task_gen += 1
         config = ShimConfig(
             container_id=container.id, bundle=folder, folder=folder,
@@ -346,11 +347,14 @@ class Manager:
             self.events.publish(protocol.TOPIC_TASK_EXEC_EXIT, container.id, exec_id=record.get("exec"),
                                 exit_code=record["code"], exited_at=record["at"])
         elif kind == protocol.RECORD_LOSS:
-            container.lost_bytes = record.get("total", container.lost_bytes + record["bytes"])
+            # Saved with the record's sequence number, so a replay never counts it twice.
+            container.record.lost_bytes += record["bytes"]
+            container.record.acked_seq = max(container.record.acked_seq, record["seq"])
+            self.store.save(container.record)
             log.error("container %s: the shim dropped %d bytes of output while its spool was full",
                       container.id, record["bytes"])
             self.events.publish(protocol.TOPIC_TASK_OUTPUT_LOSS, container.id, stream=record["stream"],
-                                bytes=record["bytes"], total=container.lost_bytes)
+                                bytes=record["bytes"], total=container.record.lost_bytes)
 
     async def _handle_exit(self, container: Container, exit_record: dict) -> None:
         record = container.record
@@ -388,6 +392,10 @@ class Manager:
     def _clean_task_folders(self, container_id: str) -> None:
         shutil.rmtree(self.shim_folder(container_id), ignore_errors=True)
         shutil.rmtree(self.folder(container_id) / "spool", ignore_errors=True)
+        try:
+            self.images.unmount_rootfs(self.folder(container_id) / "rootfs")
+        except OSError as exc:
+            log.error("container %s: could not unmount its root: %s", container_id, exc)
 
     # -- restart policy -------------------------------------------------------
 

@@ -37,6 +37,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--state", type=Path, help="folder for sockets and shim state (default /run/moorage)")
     parser.add_argument("--config", type=Path, help="config file (default /etc/moorage/config.toml if it exists)")
     parser.add_argument("--runtime", help="OCI runtime binary with runc's command line (default runc)")
+    parser.add_argument("--snapshotter", choices=("auto", "overlayfs", "copy"),
+                        help="how container roots are made: an overlayfs mount on the image, or a copy "
+                             "(default auto: overlayfs where the kernel and filesystem allow it)")
     parser.add_argument("--spool-limit", type=int, help="bytes of output a shim keeps while moord is away")
     parser.add_argument("--log-max-size", type=int, help="bytes per container log file before rotation")
     parser.add_argument("--log-max-files", type=int, help="container log files kept, the current one included")
@@ -93,7 +96,7 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     events = EventBus(context, config.events_socket)
     launcher = Launcher(config.state / "launcher.log", rlimits)
     await launcher.start()
-    images = ImageStore(config.root, config.db_path)
+    images = ImageStore(config.root, config.db_path, config.snapshotter)
     manager = Manager(config, store, images, events, plugins, launcher, context,
                       nofile_limits=rlimits[resource.RLIMIT_NOFILE])
     plugins.hook.moorage_startup(config=config)
@@ -121,7 +124,7 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    overrides = {"root": args.root, "state": args.state, "runtime": args.runtime, "spool_limit": args.spool_limit,
+    overrides = {"root": args.root, "state": args.state, "runtime": args.runtime, "snapshotter": args.snapshotter, "spool_limit": args.spool_limit,
                  "log_max_size": args.log_max_size, "log_max_files": args.log_max_files,
                  "log_level": args.log_level}
     try:

@@ -45,7 +45,7 @@ def inspect(container, manager) -> dict:
             "StartedAt": iso(record.started_at),
             "FinishedAt": iso(record.finished_at),
             "ManuallyStopped": record.manually_stopped,
-            "LostOutputBytes": container.lost_bytes,
+            "LostOutputBytes": record.lost_bytes,
         },
         "RestartCount": record.restart_count,
         "Config": {

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS containers (
     task_gen INTEGER NOT NULL DEFAULT 0,
     acked_seq INTEGER NOT NULL DEFAULT 0,
     manually_stopped INTEGER NOT NULL DEFAULT 0,
-    boot_id TEXT NOT NULL DEFAULT ''
+    boot_id TEXT NOT NULL DEFAULT '',
+    lost_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -65,6 +66,7 @@ class ContainerRecord:
     acked_seq: int = 0
     manually_stopped: bool = False
     boot_id: str = ""
+    lost_bytes: int = 0
 
 
 _JSON_FIELDS = ("spec", "options", "labels")
@@ -98,6 +100,15 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Add columns that a database made by an older moord lacks, with their defaults."""
+        present = {row["name"] for row in self.db.execute("PRAGMA table_info(containers)")}
+        for line in _SCHEMA.splitlines():
+            words = line.strip().rstrip(",").split()
+            if len(words) > 1 and words[0] in _COLUMNS and words[0] not in present:
+                self.db.execute(f"ALTER TABLE containers ADD COLUMN {' '.join(words)}")
 
     def insert(self, record: ContainerRecord) -> None:
         marks = ", ".join("?" for _ in _COLUMNS)

@@ -153,12 +153,22 @@ class Moord:
             if _is_shim(pid):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.state, ignore_errors=True)
+        _unmount_under(self.root)
         for folder in (Path("/sys/fs/cgroup") / c / "moorage" for c in os.listdir("/sys/fs/cgroup")):
             _remove_empty_cgroups(folder, self._container_ids())
 
     def _container_ids(self) -> set[str]:
         folder = self.root / "containers"
         return {entry.name for entry in folder.iterdir()} if folder.is_dir() else set()
+
+
+def _unmount_under(folder: Path) -> None:
+    """Unmount every mount below ``folder`` (container roots left by a failed test)."""
+    prefix = str(folder) + "/"
+    targets = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+               if line.split()[4].startswith(prefix)]
+    for target in sorted(targets, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True, timeout=30)
 
 
 def _is_shim(pid: int) -> bool:

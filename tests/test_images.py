@@ -170,6 +170,16 @@ def store(root: Path) -> ImageStore:
     return ImageStore(root, root / "moorage.db")
 
 
+@pytest.fixture(params=["copy", "overlayfs"])
+def rootfs_store(request, root: Path, tmp_path: Path):
+    """A store of each snapshotter kind; teardown unmounts any container root left mounted."""
+    yield ImageStore(root, root / "moorage.db", request.param)
+    for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+        target = line.split()[4]
+        if target.startswith(str(tmp_path) + "/"):
+            subprocess.run(["umount", "-l", target], capture_output=True, timeout=30)
+
+
 @pytest.fixture
 def canary(tmp_path: Path) -> Path:
     """A host folder outside the store root, holding one file that must stay untouched."""
@@ -789,32 +799,52 @@ def test_store_reopen_removes_leftovers(store: ImageStore, root: Path, small_roo
 
 # Container roots.
 
-def test_prepare_rootfs_copies_snapshot(store: ImageStore, tmp_path: Path, small_rootfs: Path):
-    image = store.import_rootfs("small", small_rootfs)
+def test_overlay_root_unmount_keeps_changes(root: Path, tmp_path: Path, small_rootfs: Path):
+    store = ImageStore(root, root / "moorage.db", "overlayfs")
+    dest = tmp_path / "containers" / "c1" / "rootfs"
+    store.prepare_rootfs(store.import_rootfs("small", small_rootfs), dest)
+    (dest / "added").write_text("kept")
+
+    store.unmount_rootfs(dest)
+    unmounted = os.path.ismount(dest)
+    store.mount_rootfs(dest)
+
+    assert not unmounted
+    assert os.path.ismount(dest)
+    assert (dest / "added").read_text() == "kept"
+    store.remove_rootfs(dest)
+    assert not os.path.lexists(dest)
+    assert not os.path.lexists(dest.with_name("rootfs.upper"))
+
+
+def test_prepare_rootfs_keeps_metadata(rootfs_store: ImageStore, tmp_path: Path, small_rootfs: Path):
+    image = rootfs_store.import_rootfs("small", small_rootfs)
     dest = tmp_path / "containers" / "c1" / "rootfs"
 
-    store.prepare_rootfs(image, dest)
+    rootfs_store.prepare_rootfs(image, dest)
 
     assert stat.S_IMODE(os.lstat(dest / "bin/prog").st_mode) == 0o4755
     assert os.readlink(dest / "bin/alias") == "/bin/prog"
     assert os.lstat(dest / "etc/conf").st_ino == os.lstat(dest / "etc/conf-twin").st_ino
     assert os.lstat(dest / "etc/conf").st_uid == 1234
     assert os.getxattr(dest / "etc/conf", "user.note") == b"hello"
-    assert os.listdir(dest.parent) == ["rootfs"]
+    expected = ["rootfs"] if rootfs_store._snapshotter == "copy" else [
+        "rootfs", "rootfs.lower", "rootfs.upper", "rootfs.work"]
+    assert sorted(os.listdir(dest.parent)) == expected
 
 
-def test_prepare_rootfs_rejects_existing(store: ImageStore, tmp_path: Path, small_rootfs: Path):
-    image = store.import_rootfs("small", small_rootfs)
+def test_prepare_rootfs_rejects_existing(rootfs_store: ImageStore, tmp_path: Path, small_rootfs: Path):
+    image = rootfs_store.import_rootfs("small", small_rootfs)
     dest = tmp_path / "container-root"
     dest.mkdir()
 
     with pytest.raises(AlreadyExists, match=str(dest)):
-        store.prepare_rootfs(image, dest)
+        rootfs_store.prepare_rootfs(image, dest)
 
 
-def test_prepare_rootfs_busybox_runs(store: ImageStore, tmp_path: Path):
+def test_prepare_rootfs_busybox_runs(rootfs_store: ImageStore, tmp_path: Path):
     dest = tmp_path / "rootfs"
-    store.prepare_rootfs(store.ensure_busybox(), dest)
+    rootfs_store.prepare_rootfs(rootfs_store.ensure_busybox(), dest)
 
     result = subprocess.run(["chroot", str(dest), "/bin/sh", "-c", "echo ok > /tmp/x; cat /tmp/x"],
                             capture_output=True, text=True, timeout=30)
@@ -822,15 +852,15 @@ def test_prepare_rootfs_busybox_runs(store: ImageStore, tmp_path: Path):
     assert result.stdout == "ok\n"
 
 
-def test_remove_rootfs_keeps_link_targets(store: ImageStore, tmp_path: Path, small_rootfs: Path,
+def test_remove_rootfs_keeps_link_targets(rootfs_store: ImageStore, tmp_path: Path, small_rootfs: Path,
                                           canary: Path):
     dest = tmp_path / "container-root"
-    store.prepare_rootfs(store.import_rootfs("small", small_rootfs), dest)
+    rootfs_store.prepare_rootfs(rootfs_store.import_rootfs("small", small_rootfs), dest)
     os.symlink(canary, dest / "to-canary")
     os.symlink(canary / "canary", dest / "to-canary-file")
 
-    store.remove_rootfs(dest)
-    store.remove_rootfs(dest)
+    rootfs_store.remove_rootfs(dest)
+    rootfs_store.remove_rootfs(dest)
 
     assert not os.path.lexists(dest)
     assert_canary_untouched(canary)

@@ -153,9 +153,13 @@ def test_long_run_stored_as_partial_pieces(moord):
     pieces = [parse_line(raw) for path in log_files(Path(info["LogPath"]).parent)
               for raw in path.read_bytes().splitlines()]
 
+    # Where the newline lands depends on how the shim's reads split the output, so the
+    # last piece of the long line may hold data or be empty; only the joined line is fixed.
     assert all(len(piece[5]) <= PIECE_BYTES for piece in pieces)
     assert [piece[2] for piece in pieces[:-2]] == [True] * (len(pieces) - 2)
-    assert [piece[5] for piece in pieces[-2:]] == [b"", b"tail"]
+    assert [piece[2] for piece in pieces[-2:]] == [False, False]
+    assert b"".join(piece[5] for piece in pieces[:-1]) == b"y" * (3 * MIB)
+    assert pieces[-1][5] == b"tail"
 
 
 def test_3_mib_line_then_tail_read_back(moord):
@@ -289,8 +293,6 @@ def test_output_over_bound_counted_after_restart(moord_factory, host_folder):
     assert logged + state["LostOutputBytes"] == LOSS_OUTPUT
 
 
-@pytest.mark.xfail(strict=True, reason="moord keeps the lost-byte count only in memory (Container.lost_bytes), "
-                                       "not in its database, so the next moord restart reports 0")
 def test_loss_count_survives_moord_restart(moord_factory, host_folder):
     moord = moord_factory("--spool-limit", str(SMALL_SPOOL))
     script = f"{WAIT_FOR_GO}; head -c {LOSS_OUTPUT} /dev/zero | tr '\\000' x"

@@ -20,7 +20,7 @@ from pathlib import Path
 from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, MoorError,
                            NotFound)
 
-from . import _busybox, _oci
+from . import _busybox, _oci, _overlay
 from ._content import ContentStore, check_digest
 from ._db import Image, ImageRecord, ImageTable
 from ._pack import write_folder_layer
@@ -51,7 +51,12 @@ class ImageStore:
     ImageStore per root.  Creating it removes what interrupted imports left behind.
     """
 
-    def __init__(self, root: Path, db_path: Path):
+    def __init__(self, root: Path, db_path: Path, snapshotter: str = "auto"):
+        if snapshotter not in ("auto", "overlayfs", "copy"):
+            raise InvalidArgument(f"invalid snapshotter {snapshotter!r}: use auto, overlayfs or copy")
+        self._snapshotter = snapshotter
+        self._use_overlay: bool | None = None if snapshotter == "auto" else snapshotter == "overlayfs"
+        self._root = root
         self._snapshots = root / "snapshots"
         self._lock = threading.RLock()
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -396,7 +401,11 @@ class ImageStore:
     # Container roots.
 
     def prepare_rootfs(self, image: Image, dest: Path) -> None:
-        """Copy an image's snapshot to ``dest``, which must not exist, as a container's root."""
+        """Make a container root at ``dest``, which must not exist, from an image's snapshot.
+
+        With overlayfs the root is a mount whose lower layer is the shared
+        snapshot; otherwise it is a private copy of the snapshot.
+        """
         snapshot = self._snapshot_path(image.snapshot)
         if not snapshot.is_dir():
             raise NotFound(
@@ -406,6 +415,13 @@ class ImageStore:
             raise AlreadyExists(f"container root {dest} already exists; remove it first")
 
         dest.parent.mkdir(parents=True, exist_ok=True)
+        if self._overlay_enabled():
+            try:
+                _overlay.prepare(snapshot, dest)
+            except BaseException:
+                self.remove_rootfs(dest)
+                raise
+            return
         temp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_TEMP_PREFIX}", dir=dest.parent))
         try:
             _copy_tree(snapshot, temp)
@@ -414,8 +430,22 @@ class ImageStore:
             shutil.rmtree(temp, ignore_errors=True)
             raise
 
+    def _overlay_enabled(self) -> bool:
+        if self._use_overlay is None:
+            self._use_overlay = _overlay.supported(self._root / "tmp")
+        return self._use_overlay
+
+    def mount_rootfs(self, dest: Path) -> None:
+        """Mount an overlay container root before its container starts; copies need nothing."""
+        _overlay.ensure_mounted(dest)
+
+    def unmount_rootfs(self, dest: Path) -> None:
+        """Unmount an overlay container root while its container has no task."""
+        _overlay.ensure_unmounted(dest)
+
     def remove_rootfs(self, dest: Path) -> None:
         """Delete a container root; a missing one is not an error, and links are not followed."""
+        _overlay.remove(dest)
         if not os.path.lexists(dest):
             return
         if dest.is_symlink():
