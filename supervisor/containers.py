@@ -477,7 +477,8 @@ class Manager:
             log.info("container %s: signal %d not delivered: %s", container.id, signal_number, exc)
 
     async def _wait_exit(self, container: Container, timeout: float) -> bool:
-        if container.record.status != "running":
+        """Wait until the task has exited and is deleted, so that no cgroup or mount is left."""
+        if container.record.status != "running" and not container.record.shim_pid:
             return True
         try:
             await asyncio.wait_for(container.exit_event.wait(), timeout)
