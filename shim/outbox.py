@@ -17,7 +17,6 @@ import collections
 import logging
 import os
 import struct
-from pathlib import Path
 
 import msgpack
 
@@ -34,7 +33,7 @@ WINDOW_BYTES = 4 * 1024 * 1024
 class _Segment:
     """One spool file holding the records ``first_seq`` to ``last_seq``."""
 
-    def __init__(self, path: Path, first_seq: int):
+    def __init__(self, path: str, first_seq: int):
         self.path = path
         self.first_seq = first_seq
         self.last_seq = first_seq - 1
@@ -45,19 +44,23 @@ class _Segment:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        self.path.unlink(missing_ok=True)
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
 
 class Outbox:
     """Append-only journal with acknowledgement, replay and a size bound."""
 
-    def __init__(self, folder: Path, limit: int, segment_bytes: int = SEGMENT_BYTES):
+    def __init__(self, folder: str | os.PathLike, limit: int, segment_bytes: int = SEGMENT_BYTES):
         self.folder = folder
         self.limit = limit
         # The newest segment stays on disk until the next one starts, even when it is fully
         # acknowledged, so segments are kept well under the bound to leave room for new output.
         self.segment_bytes = min(segment_bytes, max(1, limit // 4))
-        folder.mkdir(parents=True, exist_ok=True)
+        # os.path and not pathlib: pathlib would run much more Python code in every shim.
+        os.makedirs(folder, exist_ok=True)
         self.segments: list[_Segment] = []
         self.next_seq = 1
         self.acked_seq = 0
@@ -113,7 +116,7 @@ class Outbox:
 
     def _writable_segment(self, frame_size: int) -> _Segment:
         if not self.segments or self.segments[-1].size + frame_size > self.segment_bytes:
-            path = self.folder / f"{self.next_seq:016d}.seg"
+            path = os.path.join(self.folder, f"{self.next_seq:016d}.seg")
             self.segments.append(_Segment(path, self.next_seq))
         return self.segments[-1]
 
@@ -163,9 +166,15 @@ class Outbox:
             self._send_segment, self._send_offset = len(self.segments) - 1, self.segments[-1].size
 
     def _offset_of(self, segment: _Segment, seq: int) -> int:
+        """Find where record ``seq`` starts, reading the segment in 1 MiB blocks."""
         offset, current = 0, segment.first_seq
+        block, block_start = b"", 0
         while current < seq:
-            (length,) = _HEADER.unpack(os.pread(segment.fd, _HEADER.size, offset))
+            position = offset - block_start
+            if position + _HEADER.size > len(block):
+                block, block_start = os.pread(segment.fd, 1024 * 1024, offset), offset
+                position = 0
+            (length,) = _HEADER.unpack_from(block, position)
             offset += _HEADER.size + length
             current += 1
         return offset

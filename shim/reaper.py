@@ -9,6 +9,7 @@ are claimed.
 
 from __future__ import annotations
 
+import _signal
 import ctypes
 import logging
 import os
@@ -23,9 +24,20 @@ PR_SET_CHILD_SUBREAPER = 36
 _MAX_UNCLAIMED = 4096
 
 
+# libc's prctl, loaded once in the launcher because loading it in each shim costs memory.
+_prctl = None
+
+
+def prepare() -> None:
+    """Load libc's prctl; the launcher calls this before it forks, so shims share it."""
+    global _prctl
+    if _prctl is None:
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def become_subreaper() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    prepare()
+    if _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
 
 
@@ -45,6 +57,10 @@ class Exit:
         return f"<Exit pid={self.pid} exited with {self.code}>"
 
 
+def _ignore_signal(signum, frame) -> None:
+    """Handle SIGCHLD with nothing: the wake-up fd wakes the loop."""
+
+
 class Reaper:
     """Collects every child exit through a SIGCHLD wake-up pipe."""
 
@@ -52,7 +68,8 @@ class Reaper:
         self.read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._write_fd = write_fd
         self.unclaimed: dict[int, Exit] = {}
-        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        # _signal, not signal, because signal's enum wrappers would run more Python code in every shim.
+        _signal.signal(_signal.SIGCHLD, _ignore_signal)
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
 
     def drain_wakeups(self) -> None:

@@ -12,6 +12,7 @@ import fcntl
 import json
 import logging
 import os
+import pickle
 import re
 import time
 from dataclasses import dataclass
@@ -35,6 +36,11 @@ READ_BYTES = 64 * 1024
 INIT_DRAIN_SECONDS = 2.0
 EXEC_DRAIN_SECONDS = 0.1
 _EXEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Plain ints: combining pyzmq's enum constants runs enum code in Python.
+_POLLIN = int(zmq.POLLIN)
+_EVENTS = int(zmq.EVENTS)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,57 @@ class Process:
         return f"<Process {name} pid={self.pid} {self.exit!r}>"
 
 
+def run_in_worker(function, *args):
+    """Run ``function(*args)`` in a short-lived child process and return its result.
+
+    Work done once or rarely (calling the runtime, reading JSON, entering a
+    namespace) runs in a child that exits afterwards, so the pages it touches
+    are never copied into the long-lived shim.  Exceptions cross back too.
+    """
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_fd)
+            try:
+                outcome = (0, function(*args))
+            except MoorError as exc:
+                outcome = (1, exc.to_wire())
+            except BaseException as exc:
+                try:
+                    outcome = (2, pickle.dumps(exc))
+                except Exception:
+                    outcome = (2, pickle.dumps(RuntimeError(repr(exc))))
+            view = memoryview(pickle.dumps(outcome))
+            while view:
+                view = view[os.write(write_fd, view):]
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    try:
+        while chunk := os.read(read_fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    if not chunks:
+        raise MoorError("the shim's worker process exited without a result")
+    kind, value = pickle.loads(b"".join(chunks))
+    if kind == 0:
+        return value
+    if kind == 1:
+        raise protocol.error_from_wire(value)
+    raise pickle.loads(value)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def _make_pipe() -> tuple[int, int]:
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
@@ -97,8 +154,9 @@ class Shim:
     def __init__(self, config: ShimConfig):
         self.config = config
         self.id = config.container_id
-        self.runtime = Runtime(config.runtime, config.runtime_root, config.folder / "runtime.log")
-        self.outbox = Outbox(config.spool_dir, config.spool_limit)
+        self.folder = os.fspath(config.folder)
+        self.runtime = Runtime(config.runtime, config.runtime_root, os.path.join(self.folder, "runtime.log"))
+        self.outbox = Outbox(os.fspath(config.spool_dir), config.spool_limit)
         self.status = "creating"
         self.error: dict | None = None
         self.init = Process(None)
@@ -107,6 +165,7 @@ class Shim:
         self.waiters: list[tuple[bytes, object]] = []
         self.deleted = False
         self.fd_owner: dict[int, Process] = {}
+        self.poller: zmq.Poller | None = None
 
     # -- start-up ---------------------------------------------------------
 
@@ -134,18 +193,17 @@ class Shim:
         socket.setsockopt(zmq.SNDHWM, 4096)
         socket.setsockopt(zmq.RCVHWM, 4096)
         socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
-        self.config.socket_path.unlink(missing_ok=True)
-        socket.bind(f"ipc://{self.config.socket_path}")
-        os.chmod(self.config.socket_path, 0o600)
+        path = os.path.join(self.folder, "shim.sock")
+        _unlink(path)
+        socket.bind("ipc://" + path)
+        os.chmod(path, 0o600)
         return socket
 
     def _create(self) -> None:
         pipes = {protocol.STDOUT: _make_pipe(), protocol.STDERR: _make_pipe()}
-        pid_file = self.config.folder / "init.pid"
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            self.runtime.create(self.id, self.config.bundle, pid_file,
-                                (null, pipes[1][1], pipes[2][1]))
+            init_pid = run_in_worker(self._create_container, (null, pipes[1][1], pipes[2][1]))
         except StartFailed as exc:
             log.error("create of container %s failed: %s", self.id, exc.message)
             self.status, self.error = "failed", exc.to_wire()
@@ -159,32 +217,44 @@ class Shim:
         for stream, (read_fd, write_fd) in pipes.items():
             os.close(write_fd)
             self._watch_pipe(self.init, read_fd, stream)
-        self.init.pid = int(pid_file.read_text())
-        self._setup_loopback()
+        self.init.pid = init_pid
         self.status = "created"
         log.info("container %s created, init pid %d", self.id, self.init.pid)
 
-    def _setup_loopback(self) -> None:
+    def _create_container(self, stdio: tuple[int, int, int]) -> int:
+        """Run the runtime's ``create`` and return the init pid (in a worker process)."""
+        pid_file = os.path.join(self.folder, "init.pid")
+        self.runtime.create(self.id, self.config.bundle, pid_file, stdio)
+        with open(pid_file) as handle:
+            pid = int(handle.read())
+        self._setup_loopback(pid)
+        return pid
+
+    def _setup_loopback(self, pid: int) -> None:
         try:
-            spec = json.loads((self.config.bundle / "config.json").read_text())
+            with open(os.path.join(self.config.bundle, "config.json"), "rb") as handle:
+                spec = json.loads(handle.read())
             if has_new_network_namespace(spec):
-                loopback_up(self.init.pid)
+                loopback_up(pid)
         except (OSError, ValueError) as exc:
             log.error("container %s: could not bring up lo in its network namespace: %s", self.id, exc)
 
     def _watch_pipe(self, process: Process, fd: int, stream: int) -> None:
         process.pipes[fd] = stream
         self.fd_owner[fd] = process
+        self.poller = None
 
     # -- the loop ---------------------------------------------------------
 
     def _loop(self) -> None:
         while not self.deleted:
-            poller = zmq.Poller()
-            poller.register(self.socket, zmq.POLLIN)
-            poller.register(self.reaper.read_fd, zmq.POLLIN)
-            for fd in self.fd_owner:
-                poller.register(fd, zmq.POLLIN)
+            poller = self.poller
+            if poller is None:
+                poller = self.poller = zmq.Poller()
+                poller.register(self.socket, _POLLIN)
+                poller.register(self.reaper.read_fd, _POLLIN)
+                for fd in self.fd_owner:
+                    poller.register(fd, _POLLIN)
 
             for item, _ in poller.poll(self._poll_timeout()):
                 if item is self.socket:
@@ -227,6 +297,7 @@ class Shim:
         process = self.fd_owner.pop(fd)
         process.pipes.pop(fd, None)
         os.close(fd)
+        self.poller = None
 
     # -- exits ------------------------------------------------------------
 
@@ -298,9 +369,9 @@ class Shim:
     # -- moord messages ---------------------------------------------------
 
     def _receive_all(self) -> None:
-        while True:
+        while self.socket.getsockopt(_EVENTS) & _POLLIN:
             try:
-                identity, body = self.socket.recv_multipart(zmq.NOBLOCK)[:2]
+                identity, body = self.socket.recv_multipart(_NOBLOCK)[:2]
             except zmq.Again:
                 return
             except ValueError:
@@ -327,8 +398,10 @@ class Shim:
             self._send(identity, protocol.reply(rid, result))
 
     def _send(self, identity: bytes, message: dict) -> bool:
+        body = protocol.pack(message)
         try:
-            self.socket.send_multipart([identity, protocol.pack(message)], zmq.NOBLOCK)
+            self.socket.send(identity, _NOBLOCK | _SNDMORE)
+            self.socket.send(body, _NOBLOCK)
         except (zmq.Again, zmq.ZMQError) as exc:
             log.warning("container %s: could not send to moord: %s", self.id, exc)
             return False
@@ -340,7 +413,9 @@ class Shim:
             return
         for seq, body in self.outbox.sendable():
             try:
-                self.socket.send_multipart([self.peer, b"R", body], zmq.NOBLOCK)
+                self.socket.send(self.peer, _NOBLOCK | _SNDMORE)
+                self.socket.send(b"R", _NOBLOCK | _SNDMORE)
+                self.socket.send(body, _NOBLOCK)
             except zmq.Again:
                 self.outbox.unsend(seq)
                 return
@@ -375,7 +450,7 @@ class Shim:
     def op_start(self, identity: bytes, message: dict) -> dict:
         if self.status != "created":
             raise FailedPrecondition(f"cannot start container {self.id}: it is {self.status}, not created")
-        self.runtime.start(self.id)
+        run_in_worker(self.runtime.start, self.id)
         self.status = "running"
         log.info("container %s started", self.id)
         exit_ = self.reaper.claim(self.init.pid)
@@ -393,7 +468,7 @@ class Shim:
             return None
         if self.status not in ("created", "running"):
             raise FailedPrecondition(f"cannot kill container {self.id}: it is {self.status}")
-        self.runtime.kill(self.id, signal_number, bool(message.get("all", False)))
+        run_in_worker(self.runtime.kill, self.id, signal_number, bool(message.get("all", False)))
         return None
 
     def _exec(self, exec_id: str) -> Process:
@@ -413,15 +488,12 @@ class Shim:
         return self._start_exec(exec_id, message["process"])
 
     def _start_exec(self, exec_id: str, process_spec: dict) -> dict:
-        folder = self.config.folder / "execs"
-        folder.mkdir(exist_ok=True)
-        process_file, pid_file = folder / f"{exec_id}.json", folder / f"{exec_id}.pid"
-        process_file.write_text(json.dumps(process_spec))
         pipes = {protocol.STDOUT: _make_pipe(), protocol.STDERR: _make_pipe()}
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         process = Process(exec_id)
         try:
-            self.runtime.exec(self.id, process_file, pid_file, (null, pipes[1][1], pipes[2][1]))
+            process.pid = run_in_worker(self._exec_process, exec_id, process_spec,
+                                        (null, pipes[1][1], pipes[2][1]))
         except StartFailed:
             for read_fd, _ in pipes.values():
                 os.close(read_fd)
@@ -430,10 +502,7 @@ class Shim:
             os.close(null)
             for _, write_fd in pipes.values():
                 os.close(write_fd)
-            process_file.unlink(missing_ok=True)
 
-        process.pid = int(pid_file.read_text())
-        pid_file.unlink(missing_ok=True)
         self.execs[exec_id] = process
         for stream, (read_fd, _) in pipes.items():
             self._watch_pipe(process, read_fd, stream)
@@ -442,6 +511,23 @@ class Shim:
             self._mark_exited(process, exit_)
         log.info("container %s: exec %s started as pid %d", self.id, exec_id, process.pid)
         return {"pid": process.pid}
+
+    def _exec_process(self, exec_id: str, process_spec: dict, stdio: tuple[int, int, int]) -> int:
+        """Run the runtime's ``exec --detach`` and return the pid (in a worker process)."""
+        folder = os.path.join(self.folder, "execs")
+        os.makedirs(folder, exist_ok=True)
+        process_file = os.path.join(folder, f"{exec_id}.json")
+        pid_file = os.path.join(folder, f"{exec_id}.pid")
+        with open(process_file, "w") as handle:
+            handle.write(json.dumps(process_spec))
+        try:
+            self.runtime.exec(self.id, process_file, pid_file, stdio)
+        finally:
+            _unlink(process_file)
+        with open(pid_file) as handle:
+            pid = int(handle.read())
+        _unlink(pid_file)
+        return pid
 
     def op_wait(self, identity: bytes, message: dict):
         if self.status in ("stopped", "failed"):
@@ -459,7 +545,7 @@ class Shim:
         if running and not message.get("force"):
             raise FailedPrecondition(f"cannot delete container {self.id}: it is {self.status}; stop it first")
         if self.status != "failed":
-            self.runtime.delete(self.id, force=running)
+            run_in_worker(self.runtime.delete, self.id, running)
         self.deleted = True
         log.info("container %s deleted", self.id)
         return {"deleted": True}
