@@ -291,9 +291,12 @@ def test_exit_while_down_then_rm(moord, host_folder):
 
 def test_exit_while_down_restarts_once_on_failure(moord, host_folder):
     """With on-failure, an exit while moord was down leads to exactly one new run."""
-    script = f"echo run >> /hb/runs; if [ -e /hb/go ]; then exec sleep 3600; fi; {WAIT_FOR_GO}; exit 42"
+    script = (f"echo run >> /hb/runs; if [ -e /hb/go ]; then exec sleep 3600; fi; touch /hb/waiting; "
+              f"{WAIT_FOR_GO}; exit 42")
     info = run(moord, "ender", host_folder, script, "--restart", "on-failure")
     init_pid = info["State"]["Pid"]
+    # The first run must be past its check of /hb/go before the test creates it.
+    wait_until((host_folder / "waiting").exists, 30, message="the first run to wait for /hb/go")
 
     moord.kill9()
     (host_folder / "go").touch()
