@@ -36,11 +36,10 @@ READ_BYTES = 64 * 1024
 INIT_DRAIN_SECONDS = 2.0
 EXEC_DRAIN_SECONDS = 0.1
 _EXEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-# Plain ints: combining pyzmq's enum constants runs enum code in Python.
+# Plain ints for the receive path: combining pyzmq's enum constants runs enum code in Python.
 _POLLIN = int(zmq.POLLIN)
 _EVENTS = int(zmq.EVENTS)
 _NOBLOCK = int(zmq.NOBLOCK)
-_SNDMORE = int(zmq.SNDMORE)
 
 
 @dataclass(frozen=True)
@@ -165,7 +164,6 @@ class Shim:
         self.waiters: list[tuple[bytes, object]] = []
         self.deleted = False
         self.fd_owner: dict[int, Process] = {}
-        self.poller: zmq.Poller | None = None
 
     # -- start-up ---------------------------------------------------------
 
@@ -242,19 +240,16 @@ class Shim:
     def _watch_pipe(self, process: Process, fd: int, stream: int) -> None:
         process.pipes[fd] = stream
         self.fd_owner[fd] = process
-        self.poller = None
 
     # -- the loop ---------------------------------------------------------
 
     def _loop(self) -> None:
         while not self.deleted:
-            poller = self.poller
-            if poller is None:
-                poller = self.poller = zmq.Poller()
-                poller.register(self.socket, _POLLIN)
-                poller.register(self.reaper.read_fd, _POLLIN)
-                for fd in self.fd_owner:
-                    poller.register(fd, _POLLIN)
+            poller = zmq.Poller()
+            poller.register(self.socket, zmq.POLLIN)
+            poller.register(self.reaper.read_fd, zmq.POLLIN)
+            for fd in self.fd_owner:
+                poller.register(fd, zmq.POLLIN)
 
             for item, _ in poller.poll(self._poll_timeout()):
                 if item is self.socket:
@@ -297,7 +292,6 @@ class Shim:
         process = self.fd_owner.pop(fd)
         process.pipes.pop(fd, None)
         os.close(fd)
-        self.poller = None
 
     # -- exits ------------------------------------------------------------
 
@@ -398,10 +392,8 @@ class Shim:
             self._send(identity, protocol.reply(rid, result))
 
     def _send(self, identity: bytes, message: dict) -> bool:
-        body = protocol.pack(message)
         try:
-            self.socket.send(identity, _NOBLOCK | _SNDMORE)
-            self.socket.send(body, _NOBLOCK)
+            self.socket.send_multipart([identity, protocol.pack(message)], zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError) as exc:
             log.warning("container %s: could not send to moord: %s", self.id, exc)
             return False
@@ -413,9 +405,7 @@ class Shim:
             return
         for seq, body in self.outbox.sendable():
             try:
-                self.socket.send(self.peer, _NOBLOCK | _SNDMORE)
-                self.socket.send(b"R", _NOBLOCK | _SNDMORE)
-                self.socket.send(body, _NOBLOCK)
+                self.socket.send_multipart([self.peer, b"R", body], zmq.NOBLOCK)
             except zmq.Again:
                 self.outbox.unsend(seq)
                 return

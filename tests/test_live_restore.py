@@ -391,8 +391,11 @@ def test_interrupted_restart_runs_again(moord_factory, tmp_path, host_folder):
     """moord killed while a restart policy starts a container again: after the restart, the container runs."""
     runtime = SlowCreate(tmp_path / "runtime")
     moord = moord_factory("--runtime", str(runtime.path))
-    script = f"echo run >> /hb/runs; if [ -e /hb/go ]; then exec sleep 3600; fi; {WAIT_FOR_GO}; exit 1"
+    script = (f"echo run >> /hb/runs; if [ -e /hb/go ]; then exec sleep 3600; fi; touch /hb/waiting; "
+              f"{WAIT_FOR_GO}; exit 1")
     run(moord, "flaky", host_folder, script, "--restart", "always")
+    # The first run must be past its check of /hb/go before the test creates it.
+    wait_until((host_folder / "waiting").exists, 30, message="the first run to wait for /hb/go")
 
     runtime.slow.touch()
     (host_folder / "go").touch()
