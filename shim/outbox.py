@@ -7,7 +7,7 @@ count is reported by a ``loss`` record as soon as there is room again.  Exit
 records are never dropped and are fsync'ed before they are sent.
 
 The outbox keeps no per-record index in memory, so millions of small records
-cost only disk space.  Replay after a reconnect scans the segment that holds
+cost only disk space.  Replay after a reconnect scans the segment that contains
 the first requested sequence number.
 """
 

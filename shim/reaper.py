@@ -3,7 +3,7 @@
 ``runc create`` forks the container's init and exits, so the init is
 reparented to the shim only because the shim set PR_SET_CHILD_SUBREAPER.
 An init or exec process may exit before the shim has read its pid file (the
-early-exit race), so exits of pids nobody has claimed yet are kept until they
+early-exit race), so exits of pids not yet claimed are kept until they
 are claimed.
 """
 

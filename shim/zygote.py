@@ -7,7 +7,7 @@ fork takes about a millisecond where a new interpreter takes tens.
 
 moord starts the launcher with pipes on its stdin and stdout and writes one
 msgpack map per shim to start: ``{"config": ShimConfig.to_dict()}``.  The
-launcher answers ``{"pid": N}`` or ``{"error": message}``.  Each shim starts
+launcher replies ``{"pid": N}`` or ``{"error": message}``.  Each shim starts
 its own session at once, so it outlives the launcher and moord.  The launcher
 exits when its stdin closes, which happens when moord exits.
 

@@ -1,8 +1,8 @@
 """Container registry and lifecycle: create, start, stop, kill, exec, remove, restore.
 
 Each container has at most one task at a time: a shim running one OCI
-container.  ``start`` spawns a shim (which runs ``runc create``) and asks it
-to start; the task ends when the shim reports the init's exit, after which
+container.  ``start`` spawns a shim (which runs ``runc create``) and requests
+that the shim start it. The task ends when the shim reports the init's exit, after which
 moord deletes the task and the shim exits.  A restart is a new task with the
 next generation number.
 
@@ -204,7 +204,7 @@ class Manager:
             spec = dict(user_spec)
             spec["root"] = dict(spec.get("root") or {}, path=str(rootfs))
             ocispec.validate_spec(spec)
-            # Each container gets its own cgroup, whatever the file says, so that
+            # Each container gets its own cgroup, whatever cgroupsPath the file sets, so that
             # two containers made from one file never share (and kill) one cgroup.
             spec["linux"] = dict(spec["linux"], cgroupsPath=f"/moorage/{container_id}")
             return spec

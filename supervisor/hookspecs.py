@@ -52,7 +52,7 @@ def moorage_container_output(container_id: str, generation: int, records: list[d
 def moorage_output_position(container_id: str) -> tuple[int, int] | None:
     """Return ``(generation, seq)`` of the last record stored for a container.
 
-    moord asks this when it reconnects to a shim, and resumes the shim's
+    moord calls this when it reconnects to a shim, and resumes the shim's
     output after that record, so output is neither lost nor stored twice.
     The first plugin that returns a value wins.
     """

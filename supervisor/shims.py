@@ -112,7 +112,7 @@ class ShimClient:
             return await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:
             raise DeadlineExceeded(
-                f"shim of container {self.container_id} did not answer {op!r} within {timeout:g} s") from None
+                f"shim of container {self.container_id} did not respond to {op!r} within {timeout:g} s") from None
         finally:
             self.pending.pop(rid, None)
 

@@ -270,7 +270,7 @@ def test_exit_while_down_ends_shim(moord, host_folder):
 
     moord.wait_status("ender", "exited")
     wait_until(lambda: not alive(shim_pid), 30, message=f"shim {shim_pid} to exit")
-    # moord records the exit first and forgets the shim once the task is deleted.
+    # moord records the exit first and clears the shim pid once the task is deleted.
     after = wait_until(lambda: (lambda info: info if info["Shim"]["Pid"] == 0 else None)(moord.inspect("ender")),
                        30, message="moord to forget the shim")
 

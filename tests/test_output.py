@@ -188,7 +188,7 @@ def test_endless_output_stops_cleanly(moord):
     info = moord.inspect("chatter")
     memory = PeakMemory(moord=moord.process.pid, shim=info["Shim"]["Pid"])
     log_path = Path(info["LogPath"])
-    # The file also holds a header per 16 KiB piece, so 5 MiB of file is more than 4 MiB of output.
+    # The file also contains a header per 16 KiB piece, so 5 MiB of file is more than 4 MiB of output.
     wait_until(lambda: log_path.exists() and log_path.stat().st_size > 5 * MIB, 60,
                message="5 MiB of log file")
     memory.sample()
