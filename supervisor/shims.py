@@ -21,6 +21,10 @@ from shim.service import ShimConfig
 
 log = logging.getLogger(__name__)
 
+# Plain ints: the enum lookups cost more than the poll check itself in the read loop.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+
 
 class Launcher:
     """The ``moor-shim launcher`` child process that forks every shim."""
@@ -131,7 +135,7 @@ class ShimClient:
             records = []
             while True:
                 self._dispatch(frames, records)
-                if not self.socket.getsockopt(zmq.EVENTS) & zmq.POLLIN or len(records) >= 512:
+                if not self.socket.getsockopt(_EVENTS) & _POLLIN or len(records) >= 512:
                     break
                 frames = await self.socket.recv_multipart()
             if records:
@@ -139,6 +143,9 @@ class ShimClient:
                     self.on_records(records)
                 except Exception:
                     log.exception("container %s: handling of shim records failed", self.container_id)
+            # An awaited recv returns at once while messages are queued, so
+            # without this a fast writer's shim would starve the API socket.
+            await asyncio.sleep(0)
 
     def _dispatch(self, frames: list[bytes], records: list[dict]) -> None:
         if frames[0] == b"R" and len(frames) == 2:
