@@ -26,6 +26,17 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
 
+def _same_code_env() -> dict[str, str]:
+    """Return an environment in which ``-m shim.main`` imports the shim from moord's own source tree.
+
+    Without it, a moord run from a checkout would start the shims of whatever
+    copy is installed in site-packages.
+    """
+    tree = str(Path(__file__).resolve().parent.parent)
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{path}" if path else tree}
+
+
 class Launcher:
     """The ``moor-shim launcher`` child process that forks every shim."""
 
@@ -46,7 +57,7 @@ class Launcher:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "shim.main", "launcher",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log_fd,
-                preexec_fn=self._restore_limits, cwd="/")
+                preexec_fn=self._restore_limits, cwd="/", env=_same_code_env())
         finally:
             os.close(log_fd)
         log.info("shim launcher started, pid %d", self.process.pid)
