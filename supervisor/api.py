@@ -120,7 +120,7 @@ class Api:
     async def _start_cleaning_up(self, container: Container, request: dict) -> None:
         try:
             await self.manager.start(container)
-        except MoorError:
+        except Exception:
             if request.get("rm"):
                 await self.manager.remove(container, force=True)
             raise

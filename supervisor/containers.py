@@ -78,6 +78,9 @@ class Container:
         self.restart_handle: asyncio.TimerHandle | None = None
         self.failures_in_a_row = 0
         self.stopping = False
+        self.removing = False
+        self.start_gate = asyncio.Event()  # cleared while _start_task waits for the shim
+        self.start_gate.set()
 
     @property
     def id(self) -> str:
@@ -108,6 +111,8 @@ class Manager:
         self.launcher = launcher
         self.context = context
         self.containers: dict[str, Container] = {}
+        # Shims of removed containers whose cleanup is under way (see _clear_remains).
+        self.retiring: dict[str, ShimClient] = {}
         self.boot_id = _boot_id()
 
     # -- lookups ------------------------------------------------------------
@@ -253,7 +258,7 @@ class Manager:
         config = ShimConfig(
             container_id=container.id, bundle=folder, folder=folder,
             spool_dir=self.folder(container.id) / "spool", runtime=self.config.runtime,
-            runtime_root=self.config.state / "runc", spool_limit=self.config.spool_limit)
+            runtime_root=self.config.state / "runc", spool_limit=self.config.spool_limit, start=True)
 
         record.shim_pid = await self.launcher.spawn(config)
         record.shim_start_time = process_start_time(record.shim_pid)
@@ -263,11 +268,17 @@ class Manager:
         container.exit_event = asyncio.Event()
         self._connect(container, record.task_gen)
 
+        container.start_gate.clear()
         try:
             state = await container.shim.call("subscribe", timeout=120, **{"from": 1})
             if state["status"] == "failed":
                 await self._fail_start(container, state["error"])
-            result = await container.shim.call("start", timeout=60)
+            if state["status"] != "created":
+                result = state  # the shim started the container right after creating it
+            elif state.get("error"):
+                raise protocol.error_from_wire(state["error"])
+            else:
+                result = await container.shim.call("start", timeout=60)
         except StartFailed:
             raise
         except MoorError as exc:
@@ -275,6 +286,8 @@ class Manager:
             await self._delete_task(container)
             await asyncio.to_thread(self._force_delete_runtime, container.id)
             raise
+        finally:
+            container.start_gate.set()
         record.pid = result["pid"]
         record.started_at = time.time()
         record.exit_code = None
@@ -357,6 +370,9 @@ class Manager:
                                 bytes=record["bytes"], total=container.record.lost_bytes)
 
     async def _handle_exit(self, container: Container, exit_record: dict) -> None:
+        # The exit can arrive in the same batch as the reply that says the task
+        # started; let _start_task record the start first.
+        await container.start_gate.wait()
         record = container.record
         if record.status not in ("running", "created") or record.shim_pid == 0:
             return
@@ -366,6 +382,9 @@ class Manager:
         self._transition(container, "exited", protocol.TOPIC_TASK_EXIT, exit_code=record.exit_code,
                          signal=record.exit_signal, exited_at=record.finished_at)
         ran_for = record.finished_at - record.started_at
+        if record.options.get("auto_remove") and not container.removing:
+            await self._remove_exited(container)
+            return
         await self._delete_task(container)
         for queue in list(container.listeners):
             queue.put_nowait(("exit", record.exit_code, record.exit_signal))
@@ -401,7 +420,7 @@ class Manager:
 
     async def _after_exit(self, container: Container, ran_for: float) -> None:
         record = container.record
-        if record.options.get("auto_remove") and not container.stopping:
+        if record.options.get("auto_remove") and not container.removing:
             await self.remove(container, force=True)
             return
         policy = restart.parse_policy(record.restart_policy)
@@ -501,7 +520,7 @@ class Manager:
             if not force:
                 raise FailedPrecondition(
                     f"container {record.name} is running: stop it first (`moor stop {record.name}`) or use `moor rm -f`")
-            container.stopping = True
+            container.stopping = container.removing = True
             record.manually_stopped = True
             await self._signal(container, signals.SIGKILL, all_processes=True)
             await self._wait_exit(container, 30)
@@ -512,6 +531,51 @@ class Manager:
             self._transition(container, "removing")
             await self._delete_task(container)
             await self._forget(container)
+
+    async def _remove_exited(self, container: Container) -> None:
+        """Remove a ``--rm`` container whose task has just exited.
+
+        The container disappears (its name is free, waiters are told) before
+        the runtime's state, the shim and the root are cleaned up, so that
+        ``moor run --rm`` returns as soon as the exit is known.  A crash in
+        between leaves a ``removals`` row that the next moord finishes.
+        """
+        async with container.remove_lock:
+            if container.id not in self.containers:
+                return
+            container.removing = True
+            self._cancel_restart(container)
+            record = container.record
+            self.store.retire(record)
+            self.containers.pop(container.id, None)
+            for queue in list(container.listeners):
+                queue.put_nowait(("exit", record.exit_code, record.exit_signal))
+                queue.put_nowait(("removed",))
+            container.exit_event.set()
+            container.changed.set()
+            shim, container.shim = container.shim, None
+            await self._clear_remains(container.id, record.name, shim)
+
+    async def _clear_remains(self, container_id: str, name: str, shim: ShimClient | None) -> None:
+        """Delete what is left of a retired container: its task, shim, folders and logs."""
+        if shim is not None:
+            self.retiring[container_id] = shim
+            try:
+                await shim.call("delete", timeout=30, force=True)
+            except MoorError as exc:
+                log.error("container %s: deleting its task failed: %s", container_id, exc)
+                await asyncio.to_thread(self._force_delete_runtime, container_id)
+            finally:
+                self.retiring.pop(container_id, None)
+                shim.close()
+        else:
+            await asyncio.to_thread(self._force_delete_runtime, container_id)
+        await asyncio.to_thread(self._clean_task_folders, container_id)
+        await asyncio.to_thread(self._remove_folder, container_id)
+        self.plugins.hook.moorage_container_removed(container_id=container_id)
+        self.store.removal_done(container_id)
+        self.events.publish(protocol.TOPIC_CONTAINER_DELETE, container_id, name=name)
+        log.info("container %s removed", container_id)
 
     async def _forget(self, container: Container) -> None:
         record = container.record
@@ -569,7 +633,18 @@ class Manager:
         self.store.set_setting("boot_id", self.boot_id)
         for record in self.store.all():
             self.containers[record.id] = Container(record)
-        await asyncio.gather(*(self._restore_one(c, rebooted) for c in list(self.containers.values())))
+        await asyncio.gather(*(self._restore_one(c, rebooted) for c in list(self.containers.values())),
+                             *(self._finish_removal(row) for row in self.store.removals()))
+
+    async def _finish_removal(self, row) -> None:
+        """Finish the cleanup of a container that an earlier moord retired but did not clear."""
+        container_id = row["id"]
+        log.info("container %s: finishing its removal", container_id)
+        shim = None
+        if row["shim_pid"] and process_start_time(row["shim_pid"]) == row["shim_start_time"]:
+            shim = ShimClient(self.context, container_id, self.shim_folder(container_id) / "shim.sock",
+                              lambda records: None)
+        await self._clear_remains(container_id, row["name"], shim)
 
     async def _restore_one(self, container: Container, rebooted: bool) -> None:
         record = container.record
@@ -594,19 +669,36 @@ class Manager:
         if position and position[0] == record.task_gen:
             record.acked_seq = max(record.acked_seq, position[1])
         self._connect(container, record.task_gen)
+        container.start_gate.clear()
         try:
-            state = await container.shim.call("subscribe", timeout=10, **{"from": record.acked_seq + 1})
-        except MoorError as exc:
-            log.error("container %s: shim %d did not respond: %s", container.id, record.shim_pid, exc)
-            await self._mark_vanished(container, False)
-            return
-        log.info("container %s: reconnected to shim %d (%s, replaying from record %d)",
-                 container.id, record.shim_pid, state["status"], record.acked_seq + 1)
-        container.exit_event = asyncio.Event()
+            try:
+                state = await container.shim.call("subscribe", timeout=10, **{"from": record.acked_seq + 1})
+            except MoorError as exc:
+                log.error("container %s: shim %d did not respond: %s", container.id, record.shim_pid, exc)
+                container.start_gate.set()
+                await self._mark_vanished(container, False)
+                return
+            log.info("container %s: reconnected to shim %d (%s, replaying from record %d)",
+                     container.id, record.shim_pid, state["status"], record.acked_seq + 1)
+            container.exit_event = asyncio.Event()
+            if state["status"] not in ("failed", "created") and record.status in ("created", "restarting"):
+                self._adopt_started_task(container, state)
+        finally:
+            container.start_gate.set()
         if state["status"] == "failed":
             await self._delete_task(container)
         elif state["status"] == "created":
             await self._delete_unstarted_task(container)
+
+    def _adopt_started_task(self, container: Container, state: dict) -> None:
+        """Record as running a task that its shim started after moord died while starting it."""
+        record = container.record
+        log.warning("container %s: moord stopped while starting it, and its shim went on to start it; "
+                    "it is running with init pid %d", container.id, state["pid"])
+        record.pid = state["pid"]
+        record.started_at = time.time()
+        record.exit_code = None
+        self._transition(container, "running", protocol.TOPIC_TASK_START, pid=record.pid)
 
     async def _delete_unstarted_task(self, container: Container) -> None:
         """Delete a task that moord created but did not start before it died; reschedule a pending restart."""
@@ -653,6 +745,8 @@ class Manager:
                         container_id], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def close(self) -> None:
+        for shim in list(self.retiring.values()):
+            shim.close()
         for container in self.containers.values():
             if container.restart_handle is not None:
                 container.restart_handle.cancel()

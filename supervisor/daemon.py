@@ -119,7 +119,8 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     events.close()
     api.socket.close(linger=0)
     store.close()
-    context.term()
+    # destroy, not term: a socket that some path forgot to close must not hang the exit.
+    context.destroy(linger=0)
 
 
 def main(argv: list[str] | None = None) -> int:

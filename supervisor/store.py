@@ -36,6 +36,12 @@ CREATE TABLE IF NOT EXISTS containers (
     lost_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS removals (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    shim_pid INTEGER NOT NULL DEFAULT 0,
+    shim_start_time INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -121,6 +127,28 @@ class Store:
 
     def delete(self, container_id: str) -> None:
         self.db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
+
+    def retire(self, record: ContainerRecord) -> None:
+        """Drop a container's row and note what of it is left to clean up, in one transaction.
+
+        Its name is free at once; the ``removals`` row lets a restarted moord
+        finish the cleanup if this one dies first.
+        """
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("DELETE FROM containers WHERE id = ?", (record.id,))
+            self.db.execute("INSERT OR REPLACE INTO removals (id, name, shim_pid, shim_start_time) VALUES (?, ?, ?, ?)",
+                            (record.id, record.name, record.shim_pid, record.shim_start_time))
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def removals(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM removals").fetchall()
+
+    def removal_done(self, container_id: str) -> None:
+        self.db.execute("DELETE FROM removals WHERE id = ?", (container_id,))
 
     def all(self) -> list[ContainerRecord]:
         rows = self.db.execute("SELECT * FROM containers ORDER BY created").fetchall()

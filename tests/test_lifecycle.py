@@ -128,7 +128,22 @@ def test_run_rm_removes_container(moord):
 
     assert result.returncode == 3, result.stderr
     assert moord.moor("ps", "-a", "-q").stdout == b""
-    assert list((moord.root / "containers").iterdir()) == []
+    # The root and the task are cleared just after the reply, so wait for that.
+    wait_until(lambda: list((moord.root / "containers").iterdir()) == [], 30, message="the container's folder to go")
+
+
+def test_run_rm_name_free_when_run_returns(moord):
+    moord.moor("run", "--rm", "--name", "again", "busybox", "true")
+
+    assert moord.moor("run", "--rm", "--name", "again", "busybox", "true").returncode == 0
+
+
+def test_stop_removes_rm_container(moord):
+    moord.moor("run", "-d", "--rm", "--name", "brief", "busybox", "sleep", "300")
+
+    moord.moor("stop", "-t", "0", "brief")
+
+    assert moord.moor("ps", "-a", "-q").stdout == b""
 
 
 # ---------------------------------------------------------------- detached run, ps, logs
