@@ -8,8 +8,6 @@ import logging
 import os
 import re
 import shutil
-import stat
-import subprocess
 import tempfile
 import threading
 import time
@@ -17,22 +15,20 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, MoorError,
-                           NotFound)
+from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound)
 
 from . import _busybox, _oci, _overlay
 from ._content import ContentStore, check_digest
-from ._db import Image, ImageRecord, ImageTable
+from ._db import Image, ImageRecord, ImageTable, SnapshotTable
 from ._pack import write_folder_layer
 from ._reference import normalize_name
-from ._unpack import LayerUnpacker, apply_layer_file
+from .snapshots import KINDS, Snapshots, pick_kind, tree_size
 
 log = logging.getLogger(__name__)
 
 # Snapshot folders and blob files are both named by 64 hex digits of a sha256 digest.
 _SHA256_HEX_RE = re.compile(r"[a-f0-9]{64}", re.ASCII)
 _HEX_PREFIX_RE = re.compile(r"(?:sha256:)?([a-f0-9]{4,64})", re.ASCII)
-_TEMP_PREFIX = ".tmp-"
 
 
 @dataclass
@@ -52,44 +48,40 @@ class ImageStore:
     """
 
     def __init__(self, root: Path, db_path: Path, snapshotter: str = "auto"):
-        if snapshotter not in ("auto", "overlayfs", "copy"):
+        if snapshotter not in ("auto", *KINDS):
             raise InvalidArgument(f"invalid snapshotter {snapshotter!r}: use auto, overlayfs or copy")
-        self._snapshotter = snapshotter
-        self._use_overlay: bool | None = None if snapshotter == "auto" else snapshotter == "overlayfs"
         self._root = root
-        self._snapshots = root / "snapshots"
         self._lock = threading.RLock()
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._snapshots.mkdir(exist_ok=True)
-        # Snapshots hold setuid programs, so no other host user may reach them.
-        os.chmod(self._snapshots, 0o700)
+        (root / "snapshots").mkdir(mode=0o700, exist_ok=True)
+        os.chmod(root / "snapshots", 0o700)
 
         self._content = ContentStore(root)
         os.chmod(root / "blobs", 0o700)
         self._table = ImageTable(db_path)
+        kind = pick_kind(snapshotter, root / "tmp")
+        self.snapshots = Snapshots(root / "snapshots" / kind, SnapshotTable(db_path), kind)
+        # Set by moord: the container roots that exist, whose snapshots must be kept.
+        self.container_roots: Callable[[], list[Path]] = list
         self._clean_leftovers()
 
-    def _clean_leftovers(self) -> None:
-        """Remove temporary files, and the snapshots and blobs that no recorded image uses.
+    @property
+    def snapshotter(self) -> str:
+        return self.snapshots.kind
 
-        Those are left when moord stops between unpacking an image and recording it.
+    def _clean_leftovers(self) -> None:
+        """Remove temporary files, unrecorded snapshots, and blobs that no image uses.
+
+        Those are left when moord stops while importing an image.  Recorded snapshots
+        stay, since containers may still use them; ``prune`` removes the unused ones.
         """
         self._content.clean_ingest()
-        for leftover in self._snapshots.glob(_TEMP_PREFIX + "*"):
-            log.info("removing unfinished snapshot %s", leftover)
-            shutil.rmtree(leftover)
-        self._remove_unused()
+        self.snapshots.clean_leftovers()
+        self._remove_unused_blobs()
 
-    def _remove_unused(self) -> None:
+    def _remove_unused_blobs(self) -> None:
         records = self._table.all()
-        used_snapshots = {record.image.snapshot for record in records}
         used_blobs = {digest.removeprefix("sha256:") for r in records for digest in r.blobs}
-        for path in self._snapshots.iterdir():
-            if _SHA256_HEX_RE.fullmatch(path.name) is None:
-                log.warning("ignoring %s: not a snapshot name", path)
-            elif path.name not in used_snapshots:
-                log.info("removing snapshot %s, which no image uses", path.name)
-                self._delete_snapshot(path.name)
         for path in self._content.blob_dir.iterdir():
             if _SHA256_HEX_RE.fullmatch(path.name) is None:
                 log.warning("ignoring %s: not a blob name", path)
@@ -260,39 +252,20 @@ class ImageStore:
 
     def _ensure_snapshot(self, layers: list[_oci.Descriptor], diff_ids: list[str],
                          job: _ImportJob) -> tuple[str, int]:
-        """Return (name, size) of the snapshot of a layer stack, unpacking it if new."""
-        name = _oci.chain_id(diff_ids).removeprefix("sha256:")
-        final = self._snapshots / name
-        if final.is_dir():
-            size = self._table.snapshot_size(name)
-            return name, size if size is not None else _tree_size(final)
+        """Return (name, size) of the top snapshot of a layer stack, unpacking missing layers.
 
-        temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=self._snapshots))
-        try:
-            size = self._unpack_layers(temp, layers, diff_ids)
-            os.rename(temp, final)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
-        job.new_snapshots.append(name)
-        return name, size
-
-    def _unpack_layers(self, temp: Path, layers: list[_oci.Descriptor],
-                       diff_ids: list[str]) -> int:
-        os.chmod(temp, 0o755)
-        with LayerUnpacker(temp) as unpacker:
-            for layer, expected in zip(layers, diff_ids):
-                actual = apply_layer_file(unpacker, self._content.path(layer.digest), layer.digest)
-                if actual != expected:
-                    raise InvalidArgument(
-                        f"layer {layer.digest} unpacks to content {actual}, but the image "
-                        f"config says {expected}; the image is corrupt")
-            return unpacker.size
-
-    def _snapshot_path(self, name: str) -> Path:
-        if _SHA256_HEX_RE.fullmatch(name) is None:
-            raise InvalidArgument(f"invalid snapshot name {name!r}")
-        return self._snapshots / name
+        Each layer has its own snapshot, named by the chain id up to it, so images that
+        share their lower layers share those snapshots.
+        """
+        parent = ""
+        for index, layer in enumerate(layers):
+            name = _oci.chain_id(diff_ids[:index + 1]).removeprefix("sha256:")
+            if not self.snapshots.exists(name):
+                self.snapshots.create(name, parent, self._content.path(layer.digest),
+                                      layer.digest, diff_ids[index])
+                job.new_snapshots.append(name)
+            parent = name
+        return parent, self.snapshots.size(parent)
 
     # Recording and garbage collection.
 
@@ -309,8 +282,8 @@ class ImageStore:
         try:
             yield
         except BaseException:
-            for snapshot in job.new_snapshots:
-                shutil.rmtree(self._snapshots / snapshot, ignore_errors=True)
+            for snapshot in reversed(job.new_snapshots):
+                self.snapshots.remove(snapshot)
             for digest in job.new_blobs:
                 self._content.delete(digest)
             log.debug("rolled back a failed import: removed %d snapshots and %d blobs",
@@ -324,24 +297,73 @@ class ImageStore:
         """
         remaining = self._table.all()
         remaining_blobs = {digest for record in remaining for digest in record.blobs}
-        remaining_snapshots = {record.image.snapshot for record in remaining}
         remaining_ids = {record.image.id for record in remaining}
 
-        for snapshot in {r.image.snapshot for r in dropped} - remaining_snapshots:
-            self._delete_snapshot(snapshot)
+        self._collect_snapshots(remaining)
         for digest in {d for r in dropped for d in r.blobs} - remaining_blobs:
             self._content.delete(digest)
         return sorted({r.image.id for r in dropped} - remaining_ids)
 
-    def _delete_snapshot(self, name: str) -> None:
-        """Rename a snapshot out of the way first, so that a crash never leaves half of one."""
-        path = self._snapshot_path(name)
-        if not path.exists():
-            return
-        doomed = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=self._snapshots))
-        os.rename(path, doomed / name)
-        shutil.rmtree(doomed)
-        log.info("removed snapshot %s", name)
+    def _collect_snapshots(self, remaining: list[ImageRecord]) -> list[str]:
+        """Remove the snapshots that neither an image nor a container root uses."""
+        keep = {record.image.snapshot for record in remaining} | self._snapshots_in_roots()
+        return self.snapshots.collect(keep)
+
+    def _snapshots_in_roots(self) -> set[str]:
+        """Return the snapshots that the overlay roots of existing containers stack."""
+        used = set()
+        for dest in self.container_roots():
+            used.update(path.name for path in _overlay.lower_folders(dest))
+        return used
+
+    # Garbage collection and disk use.
+
+    def prune(self, unused_images: bool = False,
+              used_image_ids: set[str] | None = None) -> dict:
+        """Remove snapshots and blobs that nothing uses; with ``unused_images``, also the
+        images no container uses.  Return what was removed and the bytes reclaimed.
+        """
+        with self._lock:
+            before = self._disk_bytes()
+            removed_names: list[str] = []
+            deleted_ids: list[str] = []
+            if unused_images:
+                used = used_image_ids or set()
+                dropped = [r for r in self._table.all() if r.image.id not in used]
+                self._table.delete([r.image.name for r in dropped])
+                removed_names = [r.image.name for r in dropped]
+                deleted_ids = self._collect_garbage(dropped)
+            snapshots = self._collect_snapshots(self._table.all())
+            self._remove_unused_blobs()
+            reclaimed = max(0, before - self._disk_bytes())
+        log.info("pruned images: removed %d names and %d snapshots, reclaimed %d bytes",
+                 len(removed_names), len(snapshots), reclaimed)
+        return {"untagged": removed_names, "deleted": deleted_ids, "snapshots": snapshots,
+                "reclaimed": reclaimed}
+
+    def _disk_bytes(self) -> int:
+        return tree_size(self.snapshots.folder) + tree_size(self._content.blob_dir)
+
+    def disk_usage(self) -> dict:
+        """Return counts and bytes of images, snapshots and blobs, and what prune could free."""
+        with self._lock:
+            records = self._table.all()
+            snapshots = self.snapshots.records()
+            keep = {r.image.snapshot for r in records} | self._snapshots_in_roots()
+            kept = {n for top in keep if top in snapshots for n in self.snapshots.chain(top)}
+            used_blobs = {d.removeprefix("sha256:") for r in records for d in r.blobs}
+            blob_sizes = {p.name: p.stat().st_size for p in self._content.blob_dir.iterdir()}
+        return {
+            "images": len(records),
+            "image_ids": len({r.image.id for r in records}),
+            "snapshots": len(snapshots),
+            "snapshot_bytes": sum(s.size for s in snapshots.values()),
+            "snapshot_reclaimable": sum(s.size for n, s in snapshots.items() if n not in kept),
+            "blobs": len(blob_sizes),
+            "blob_bytes": sum(blob_sizes.values()),
+            "blob_reclaimable": sum(v for k, v in blob_sizes.items() if k not in used_blobs),
+            "snapshotter": self.snapshots.kind,
+        }
 
     # Removal.
 
@@ -406,34 +428,16 @@ class ImageStore:
         With overlayfs the root is a mount whose lower layer is the shared
         snapshot; otherwise it is a private copy of the snapshot.
         """
-        snapshot = self._snapshot_path(image.snapshot)
-        if not snapshot.is_dir():
+        if not self.snapshots.exists(image.snapshot):
             raise NotFound(
-                f"snapshot {image.snapshot} of image {image.name} is missing; remove the image "
-                "with `moor image rm` and import it again")
+                f"snapshot {image.snapshot} of image {image.name} is missing (made by another "
+                "snapshotter, or lost); remove the image with `moor image rm` and import it again")
         if os.path.lexists(dest):
             raise AlreadyExists(f"container root {dest} already exists; remove it first")
 
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if self._overlay_enabled():
-            try:
-                _overlay.prepare(snapshot, dest)
-            except BaseException:
-                self.remove_rootfs(dest)
-                raise
-            return
-        temp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_TEMP_PREFIX}", dir=dest.parent))
-        try:
-            _copy_tree(snapshot, temp)
-            os.rename(temp, dest)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
-
-    def _overlay_enabled(self) -> bool:
-        if self._use_overlay is None:
-            self._use_overlay = _overlay.supported(self._root / "tmp")
-        return self._use_overlay
+        with self._lock:
+            self.snapshots.prepare_root(image.snapshot, dest)
 
     def mount_rootfs(self, dest: Path) -> None:
         """Mount an overlay container root before its container starts; copies need nothing."""
@@ -515,28 +519,6 @@ def _diff_ids(image_config: dict, count: int, where: str) -> list[str]:
 def _descriptor_json(descriptor: _oci.Descriptor) -> dict:
     return {"mediaType": descriptor.media_type, "digest": descriptor.digest,
             "size": descriptor.size}
-
-
-def _tree_size(path: Path) -> int:
-    """Add up the sizes of the regular files below ``path``."""
-    total = 0
-    for directory, _, files in os.walk(path):
-        for name in files:
-            st = os.lstat(os.path.join(directory, name))
-            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
-    return total
-
-
-def _copy_tree(source: Path, target: Path) -> None:
-    """Copy a tree into the empty folder ``target`` with ``cp -a``, root folder metadata included.
-
-    ``cp -a`` keeps hard links, symlinks, owners, modes, extended attributes, device
-    nodes and times, and ``--reflink=auto`` shares data blocks where the filesystem can.
-    """
-    command = ["cp", "-a", "--reflink=auto", "--", f"{source}/.", str(target)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise MoorError(f"failed to copy snapshot {source} to {target}: {result.stderr.strip()}")
 
 
 def _mounts_under(path: Path) -> list[str]:
