@@ -87,12 +87,17 @@ class ArchiveBuilder:
         return {"mediaType": media_type, "digest": digest, "size": len(data)}
 
     def add_image(self, layers: list[bytes], gzipped: list[bool] | None = None,
-                  config: dict | None = None) -> dict:
-        """Store layers, config and manifest blobs; return the manifest descriptor."""
+                  config: dict | None = None, zstd_blobs: list[bytes] | None = None) -> dict:
+        """Store layers, config and manifest blobs; return the manifest descriptor.
+
+        ``zstd_blobs`` gives zstd blobs of the layers, which then replace the tar data.
+        """
         gzipped = gzipped or [False] * len(layers)
         descriptors = []
-        for layer, compress in zip(layers, gzipped):
-            if compress:
+        for index, (layer, compress) in enumerate(zip(layers, gzipped)):
+            if zstd_blobs:
+                descriptors.append(self.add_blob(self.LAYER + "+zstd", zstd_blobs[index]))
+            elif compress:
                 compressed = gzip.compress(layer, mtime=0)
                 descriptors.append(self.add_blob(self.LAYER + "+gzip", compressed))
             else:
@@ -141,9 +146,10 @@ class ArchiveBuilder:
 
 
 def one_image_archive(path: Path, layers: list[bytes], ref: str = "test:latest",
-                      gzipped: list[bool] | None = None) -> Path:
+                      gzipped: list[bool] | None = None,
+                      zstd_blobs: list[bytes] | None = None) -> Path:
     builder = ArchiveBuilder()
-    builder.tag(builder.add_image(layers, gzipped), ref)
+    builder.tag(builder.add_image(layers, gzipped, zstd_blobs=zstd_blobs), ref)
     return builder.write(path)
 
 

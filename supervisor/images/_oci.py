@@ -38,6 +38,7 @@ CONFIG_TYPES = frozenset({MEDIA_CONFIG, MEDIA_DOCKER_CONFIG})
 LAYER_TYPES = frozenset({
     MEDIA_LAYER,
     MEDIA_LAYER + "+gzip",
+    MEDIA_LAYER + "+zstd",
     "application/vnd.oci.image.layer.nondistributable.v1.tar",
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
     "application/vnd.docker.image.rootfs.diff.tar",

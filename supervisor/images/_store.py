@@ -503,7 +503,7 @@ def _check_manifest_types(config: _oci.Descriptor, layers: list[_oci.Descriptor]
         if layer.media_type not in _oci.LAYER_TYPES:
             raise InvalidArgument(
                 f"{where}: layer {layer.digest} has the unsupported media type {layer.media_type}; "
-                "only tar and gzip-compressed tar layers can be imported")
+                "only plain tar layers and tar layers compressed with gzip or zstd can be imported")
 
 
 def _diff_ids(image_config: dict, count: int, where: str) -> list[str]:

@@ -41,6 +41,7 @@ XATTR_PAX_PREFIX = "SCHILY.xattr."
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
+_NAME_MAX = 255
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -119,6 +120,8 @@ def _decompressed(raw: BinaryIO, layer: str) -> Iterator[BinaryIO]:
         yield raw
         return
 
+    # The child reads the file descriptor itself, from the start of the file.
+    os.lseek(raw.fileno(), 0, os.SEEK_SET)
     try:
         process = subprocess.Popen(["zstd", "-d", "-c", "-q"], stdin=raw, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE)
@@ -389,6 +392,10 @@ class LayerUnpacker:
             return
 
         hidden = parts[-1][len(WHITEOUT_PREFIX):]
+        if len(hidden.encode("utf-8", "surrogateescape")) > _NAME_MAX:
+            raise InvalidArgument(
+                f"layer {state.layer}: whiteout {member.name!r} names an entry longer than "
+                f"{_NAME_MAX} bytes, which no filesystem can hold; the layer is invalid")
         if hidden.startswith(WHITEOUT_PREFIX):
             log.debug("layer %s: ignoring whiteout metadata entry %r", state.layer, member.name)
             return
