@@ -273,6 +273,15 @@ class Api:
         self.manager.events.publish(protocol.TOPIC_IMAGE_DELETE, None, ref=request["ref"])
         return {"removed": removed}
 
+    async def op_image_prune(self, request, stream):
+        used = {c.record.image_id for c in self.manager.containers.values()}
+        return await asyncio.to_thread(self.manager.images.prune, bool(request.get("all")), used)
+
+    async def op_system_df(self, request, stream):
+        usage = await asyncio.to_thread(self.manager.images.disk_usage)
+        usage["containers"] = len(self.manager.containers)
+        return usage
+
 
 def _path(request: dict, key: str):
     from pathlib import Path

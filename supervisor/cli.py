@@ -20,6 +20,8 @@ import time
 
 from shim import protocol
 from shim.protocol import InvalidArgument, MoorError, StartFailed
+from supervisor import cli_images
+from supervisor.cli_images import cmd_system  # noqa: F401 (found by name in run())
 
 VERSION = "0.1.0"
 RUN_ERROR_EXIT = 125
@@ -109,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     image_rm.add_argument("-f", "--force", action="store_true")
     image_rm.add_argument("images", nargs="+", metavar="IMAGE")
     sub.add_parser("images", help="list images (same as `image ls`)")
+    cli_images.add_image_commands(image_sub, sub)
 
     sub.add_parser("version", help="print client and moord versions")
     sub.add_parser("info", help="print moord's settings and counts")
@@ -333,6 +336,8 @@ def cmd_events(client, args) -> int:
 
 def cmd_image(client, args) -> int:
     command = args.image_command
+    if command in cli_images.IMAGE_COMMANDS:
+        return cli_images.cmd_image_more(client, args)
     if command == "import-rootfs":
         image = client.call("image_import_rootfs", name=args.name, dir=os.path.abspath(args.folder))
         print(image["id"])

@@ -79,18 +79,23 @@ def mount_overlay(lower: Path | list[Path], upper: Path, work: Path, target: Pat
 
 
 def _mount_relative(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:
-    """Mount an overlay with many lower folders, named relative to their common parent.
+    """Mount an overlay with many lower folders through short links beside ``target``.
 
-    The kernel resolves relative names from the caller's working folder, which a
-    threaded daemon cannot change, so mount(8) runs in a child with that folder.
+    The folder ``ROOT.layers`` gets one link per lower folder, named 0, 1, 2...; the
+    kernel resolves relative lower names from the caller's working folder, which a
+    threaded daemon cannot change, so mount(8) runs in a child started in that folder.
     """
-    base = os.path.commonpath([str(p) for p in lowers])
-    relative = ":".join(os.path.relpath(p, base) for p in lowers)
+    links = target.with_name(target.name + ".layers")
+    shutil.rmtree(links, ignore_errors=True)
+    links.mkdir(mode=0o700)
+    for index, lower in enumerate(lowers):
+        os.symlink(lower, links / str(index))
+    relative = ":".join(str(index) for index in range(len(lowers)))
     options = f"lowerdir={relative},upperdir={upper},workdir={work}"
     if len(options) > _MAX_OPTIONS:
         raise OSError(errno.E2BIG, f"the image has too many layers ({len(lowers)}) to mount")
     result = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(target)],
-                            cwd=base, capture_output=True, text=True, timeout=60, check=False)
+                            cwd=links, capture_output=True, text=True, timeout=60, check=False)
     if result.returncode != 0:
         raise OSError(errno.EIO, f"mounting overlay on {target} failed: {result.stderr.strip()}")
 
@@ -142,6 +147,6 @@ def remove(dest: Path) -> None:
     upper, work, lower_file = sidecars(dest)
     if os.path.ismount(dest):
         unmount(dest)
-    for folder in (upper, work):
+    for folder in (upper, work, dest.with_name(dest.name + ".layers")):
         shutil.rmtree(folder, ignore_errors=True)
     lower_file.unlink(missing_ok=True)
