@@ -250,7 +250,7 @@ class Api:
 
     async def op_image_import(self, request, stream):
         images = await asyncio.to_thread(self.manager.images.import_archive, _path(request, "file"),
-                                         request.get("name"))
+                                         request.get("name"), request.get("platform"))
         for image in images:
             self.manager.events.publish(protocol.TOPIC_IMAGE_IMPORT, None, name=image.name, image_id=image.id)
         return [formats.image(image) for image in images]
@@ -272,6 +272,11 @@ class Api:
         removed = await asyncio.to_thread(self.manager.images.remove, request["ref"])
         self.manager.events.publish(protocol.TOPIC_IMAGE_DELETE, None, ref=request["ref"])
         return {"removed": removed}
+
+    async def op_image_save(self, request, stream):
+        names = await asyncio.to_thread(self.manager.images.save, list(request["refs"]),
+                                        _path(request, "file"))
+        return {"names": names}
 
     async def op_image_prune(self, request, stream):
         used = {c.record.image_id for c in self.manager.containers.values()}

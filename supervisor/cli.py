@@ -101,9 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     rootfs = image_sub.add_parser("import-rootfs", help="make a one-layer image from a folder")
     rootfs.add_argument("name")
     rootfs.add_argument("folder")
-    archive = image_sub.add_parser("import", help="load an OCI archive (oci-archive tar)")
+    archive = image_sub.add_parser("import", help="load an OCI archive or folder, or a `docker save` archive")
     archive.add_argument("file")
     archive.add_argument("--name", help="repository for entries tagged with a bare tag")
+    archive.add_argument("--platform", help="OS/ARCH[/VARIANT] to import (default: the host's)")
     image_sub.add_parser("default", help="make the built-in busybox image from the host's busybox-static")
     image_ls = image_sub.add_parser("ls", help="list images")
     image_ls.add_argument("-q", "--quiet", action="store_true")
@@ -342,7 +343,8 @@ def cmd_image(client, args) -> int:
         image = client.call("image_import_rootfs", name=args.name, dir=os.path.abspath(args.folder))
         print(image["id"])
     elif command == "import":
-        for image in client.call("image_import", file=os.path.abspath(args.file), name=args.name):
+        for image in client.call("image_import", file=os.path.abspath(args.file), name=args.name,
+                                 platform=args.platform):
             print(f"{image['name']} {image['id']}")
     elif command == "default":
         image = client.call("image_default")

@@ -7,6 +7,7 @@ free of heavy imports, because every ``moor`` command loads it.
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def add_image_commands(image_sub, sub) -> None:
@@ -16,17 +17,23 @@ def add_image_commands(image_sub, sub) -> None:
                        help="also remove every image that no container uses")
     prune.add_argument("-f", "--force", action="store_true", help="accepted for docker compatibility")
 
+    save = image_sub.add_parser("save", help="write images to an archive (OCI layout and docker save)")
+    save.add_argument("-o", "--output", required=True, help="archive file to write")
+    save.add_argument("images", nargs="+", metavar="IMAGE")
+
     system = sub.add_parser("system", help="show disk use of images and containers")
     system_sub = system.add_subparsers(dest="system_command", required=True, metavar="COMMAND")
     system_sub.add_parser("df", help="show disk use of images, snapshots and blobs")
 
 
-IMAGE_COMMANDS = frozenset({"prune"})
+IMAGE_COMMANDS = frozenset({"prune", "save"})
 
 
 def cmd_image_more(client, args: argparse.Namespace) -> int:
     """Run a ``moor image`` verb of this module."""
-    if args.image_command == "prune":
+    if args.image_command == "save":
+        client.call("image_save", refs=args.images, file=os.path.abspath(args.output))
+    elif args.image_command == "prune":
         result = client.call("image_prune", all=args.all)
         for name in result["untagged"]:
             print(f"Untagged: {name}")

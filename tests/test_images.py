@@ -571,13 +571,13 @@ def test_import_archive_bare_tag_needs_name(store: ImageStore, root: Path, tmp_p
     assert_store_empty(store, root)
 
 
-def test_import_archive_rejects_docker_save(store: ImageStore, tmp_path: Path):
+def test_import_archive_rejects_empty_docker_manifest(store: ImageStore, tmp_path: Path):
     path = tmp_path / "docker.tar"
     with tarfile.open(path, "w") as tar:
         info = tarfile.TarInfo("manifest.json")
         tar.addfile(info, io.BytesIO(b""))
 
-    with pytest.raises(InvalidArgument, match="docker save"):
+    with pytest.raises(InvalidArgument, match="manifest.json"):
         store.import_archive(path)
 
 

@@ -19,6 +19,8 @@ from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, N
 
 from . import _busybox, _oci, _overlay
 from ._content import ContentStore, check_digest
+from ._docker import open_image_source
+from ._export import write_archive
 from ._db import Image, ImageRecord, ImageTable, SnapshotTable
 from ._pack import write_folder_layer
 from ._reference import normalize_name
@@ -197,10 +199,15 @@ class ImageStore:
             job.new_blobs.append(digest)
         return _oci.Descriptor(media_type, digest, len(data))
 
-    def import_archive(self, path: Path, name: str | None = None) -> list[Image]:
-        """Import every image of an OCI archive for this host's platform, all or none."""
-        with self._lock, _oci.OciArchive(path) as archive:
-            targets = _oci.select_manifests(archive, name)
+    def import_archive(self, path: Path, name: str | None = None,
+                       platform: str | None = None) -> list[Image]:
+        """Import every image of an archive or layout folder for a platform, all or none.
+
+        The source is an OCI archive, an OCI layout folder or a ``docker save`` archive;
+        ``platform`` is OS/ARCH[/VARIANT], the host's by default.
+        """
+        with self._lock, open_image_source(path) as archive:
+            targets = archive.targets(name, platform)
             job = _ImportJob()
             with self._rolled_back_on_error(job):
                 for image_name, manifest in targets:
@@ -212,7 +219,7 @@ class ImageStore:
             log.info("imported image %s (%s) from %s", record.image.name, record.image.id, path)
         return [record.image for record in job.records]
 
-    def _import_manifest(self, archive: _oci.OciArchive, name: str,
+    def _import_manifest(self, archive, name: str,
                          descriptor: _oci.Descriptor, job: _ImportJob) -> ImageRecord:
         """Store a manifest, its config and its layers, verified, and make its snapshot."""
         manifest = self._ingest_document(archive, descriptor, job)
@@ -239,7 +246,7 @@ class ImageStore:
         blobs = (descriptor.digest, config_descriptor.digest, *(l.digest for l in layers))
         return ImageRecord(image=image, blobs=blobs)
 
-    def _ingest_document(self, archive: _oci.OciArchive, descriptor: _oci.Descriptor,
+    def _ingest_document(self, archive, descriptor: _oci.Descriptor,
                          job: _ImportJob) -> dict:
         data = archive.read_document(descriptor)
         document = _oci.parse_json(data, f"{archive.path}: blob {descriptor.digest}")
@@ -247,6 +254,29 @@ class ImageStore:
         if created:
             job.new_blobs.append(descriptor.digest)
         return document
+
+    # Export.
+
+    def save(self, refs: list[str], target: Path) -> list[str]:
+        """Write the images ``refs`` (names or ids, with every name of an id) to an archive.
+
+        Return the names written.
+        """
+        if not refs:
+            raise InvalidArgument("no image to save; name at least one image")
+        with self._lock:
+            records = self._table.all()
+            chosen: list[ImageRecord] = []
+            for ref in refs:
+                image, by_id = self._lookup(ref)
+                for record in records:
+                    matches = record.image.id == image.id if by_id else record.image.name == image.name
+                    if matches and record not in chosen:
+                        chosen.append(record)
+            write_archive(self._content, chosen, target)
+        names = [record.image.name for record in chosen]
+        log.info("saved images %s to %s", names, target)
+        return names
 
     # Snapshots.
 
