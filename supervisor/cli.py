@@ -21,7 +21,7 @@ import time
 from shim import protocol
 from shim.protocol import InvalidArgument, MoorError, StartFailed
 from supervisor import cli_images
-from supervisor.cli_images import cmd_system  # noqa: F401 (found by name in run())
+from supervisor.cli_images import cmd_login, cmd_pull, cmd_push, cmd_system, cmd_tag  # noqa: F401 (found by name in run())
 
 VERSION = "0.1.0"
 RUN_ERROR_EXIT = 125

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -24,12 +26,14 @@ from ._export import write_archive
 from ._db import Image, ImageRecord, ImageTable, SnapshotTable
 from ._pack import write_folder_layer
 from ._reference import normalize_name
+from .registry import Progress, RegistryClient, RemoteRef, load_credentials, parse_remote
 from .snapshots import KINDS, Snapshots, pick_kind, tree_size
 
 log = logging.getLogger(__name__)
 
 # Snapshot folders and blob files are both named by 64 hex digits of a sha256 digest.
 _SHA256_HEX_RE = re.compile(r"[a-f0-9]{64}", re.ASCII)
+_PARALLEL_DOWNLOADS = 3
 _HEX_PREFIX_RE = re.compile(r"(?:sha256:)?([a-f0-9]{4,64})", re.ASCII)
 
 
@@ -40,6 +44,29 @@ class _ImportJob:
     new_blobs: list[str] = field(default_factory=list)
     new_snapshots: list[str] = field(default_factory=list)
     records: list[ImageRecord] = field(default_factory=list)
+
+
+class _RegistrySource:
+    """Documents and blobs of a pull, read from memory or from the content store."""
+
+    def __init__(self, client: RegistryClient, remote: RemoteRef, content: ContentStore):
+        self.path = f"{remote.registry}/{remote.repository}"
+        self.documents: dict[str, bytes] = {}
+        self._client = client
+        self._remote = remote
+        self._content = content
+
+    def read_document(self, descriptor: _oci.Descriptor) -> bytes:
+        if descriptor.digest in self.documents:
+            return self.documents[descriptor.digest]
+        if self._content.exists(descriptor.digest):
+            return self._content.read(descriptor.digest)
+        body, _, _ = self._client.get_manifest(self._remote.repository, descriptor.digest)
+        self.documents[descriptor.digest] = body
+        return body
+
+    def open_blob(self, descriptor: _oci.Descriptor):
+        return open(self._content.path(descriptor.digest), "rb")
 
 
 class ImageStore:
@@ -63,6 +90,7 @@ class ImageStore:
         self._table = ImageTable(db_path)
         kind = pick_kind(snapshotter, root / "tmp")
         self.snapshots = Snapshots(root / "snapshots" / kind, SnapshotTable(db_path), kind)
+        self.auth_file = root / "auth.json"
         # Set by moord: the container roots that exist, whose snapshots must be kept.
         self.container_roots: Callable[[], list[Path]] = list
         self._clean_leftovers()
@@ -107,7 +135,7 @@ class ImageStore:
         A name wins over an id prefix, so "abcd" finds the image named abcd:latest first.
         """
         try:
-            record = self._table.get(normalize_name(ref))
+            record = self._table.get(ref if "@" in ref else normalize_name(ref))
         except InvalidArgument:
             if _HEX_PREFIX_RE.fullmatch(ref) is None:
                 raise
@@ -232,9 +260,11 @@ class ImageStore:
         diff_ids = _diff_ids(image_config, len(layers), f"{archive.path}: config "
                              f"{config_descriptor.digest}")
         for layer in layers:
-            if self._content.ingest(archive.open_blob(layer), layer.digest, layer.size,
-                                    str(archive.path)):
-                job.new_blobs.append(layer.digest)
+            if self._content.exists(layer.digest):
+                continue
+            with archive.open_blob(layer) as blob:
+                if self._content.ingest(blob, layer.digest, layer.size, str(archive.path)):
+                    job.new_blobs.append(layer.digest)
 
         # An existing snapshot came from layers with these same diff ids, so it is reused.
         snapshot, size = self._ensure_snapshot(layers, diff_ids, job)
@@ -254,6 +284,112 @@ class ImageStore:
         if created:
             job.new_blobs.append(descriptor.digest)
         return document
+
+    # Registries.
+
+    def _registry(self, registry: str, insecure: bool, ca_file: Path | None) -> RegistryClient:
+        if ca_file is None and (self._root / "certs.d" / registry / "ca.crt").is_file():
+            ca_file = self._root / "certs.d" / registry / "ca.crt"
+        credentials = load_credentials(self.auth_file, registry)
+        return RegistryClient(registry, insecure, ca_file, credentials)
+
+    def pull(self, ref: str, platform: str | None = None, insecure: bool = False,
+             ca_file: Path | None = None, progress: Progress | None = None) -> Image:
+        """Download an image (a tag or a digest) for a platform and record it under its name."""
+        remote = parse_remote(ref)
+        if platform is not None:
+            _oci.parse_platform(platform)
+        client = self._registry(remote.registry, insecure, ca_file)
+        source = _RegistrySource(client, remote, self._content)
+        body, media_type, digest = client.get_manifest(remote.repository, remote.reference)
+        source.documents[digest] = body
+        descriptor = _oci.Descriptor(media_type, digest, len(body))
+        if media_type in _oci.INDEX_TYPES:
+            chosen = _oci.resolve_platform(source, descriptor, platform)
+            body, _, _ = client.get_manifest(remote.repository, chosen.digest)
+            source.documents[chosen.digest] = body
+            descriptor = chosen
+        elif media_type not in _oci.MANIFEST_TYPES:
+            raise InvalidArgument(f"{ref} is a {media_type or 'document without a media type'}, "
+                                  "not an image manifest or index")
+
+        where = f"{remote.local_name}: manifest {descriptor.digest}"
+        manifest = _oci.parse_json(body, where)
+        config = _oci.parse_descriptor(manifest.get("config"), where)
+        layers = _oci.descriptor_list(manifest, "layers", where)
+        _check_manifest_types(config, layers, where)
+        log.info("pulling %s (%s, %d layers) from %s", remote.local_name, descriptor.digest,
+                 len(layers), remote.registry)
+        downloaded = self._download_all(client, remote.repository, [config, *layers], progress)
+
+        job = _ImportJob(new_blobs=downloaded)
+        with self._lock:
+            with self._rolled_back_on_error(job):
+                job.records.append(self._import_manifest(source, remote.local_name, descriptor, job))
+                moved = self._record(job)
+            self._collect_garbage(moved)
+        log.info("pulled image %s (%s)", remote.local_name, job.records[0].image.id)
+        return job.records[0].image
+
+    def _download_all(self, client: RegistryClient, repository: str,
+                      descriptors: list[_oci.Descriptor], progress: Progress | None) -> list[str]:
+        """Download blobs in parallel; return the new ones.  On failure, remove those new
+        ones that no image uses, and raise the first error.
+        """
+        new: list[str] = []
+        with concurrent.futures.ThreadPoolExecutor(_PARALLEL_DOWNLOADS) as pool:
+            futures = {pool.submit(client.download_blob, repository, d, self._content, progress): d
+                       for d in descriptors}
+            errors = []
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    if future.result():
+                        new.append(futures[future].digest)
+                except Exception as error:  # noqa: BLE001 - the first error is raised below
+                    errors.append(error)
+        if errors:
+            with self._lock:
+                used = {d for record in self._table.all() for d in record.blobs}
+                for digest in new:
+                    if digest not in used:
+                        self._content.delete(digest)
+            raise errors[0]
+        return new
+
+    def push(self, ref: str, insecure: bool = False, ca_file: Path | None = None,
+             progress: Progress | None = None) -> str:
+        """Upload a local image to the registry its name starts with; return the manifest digest."""
+        image = self.get(ref)
+        remote = parse_remote(image.name)
+        if remote.digest:
+            raise InvalidArgument(f"cannot push {image.name}: it is named by digest; tag it "
+                                  "first with `moor tag`")
+        client = self._registry(remote.registry, insecure, ca_file)
+        manifest_data = self._content.read(image.manifest_digest)
+        manifest = json.loads(manifest_data)
+        for digest in [manifest["config"]["digest"], *(l["digest"] for l in manifest["layers"])]:
+            if not self._content.exists(digest):
+                raise NotFound(f"blob {digest} of {image.name} is missing from the store; "
+                               "import or pull the image again")
+            client.upload_blob(remote.repository, digest, self._content.path(digest), progress)
+        media_type = manifest.get("mediaType") or _oci.MEDIA_MANIFEST
+        client.put_manifest(remote.repository, remote.tag or "latest", manifest_data, media_type)
+        log.info("pushed image %s (%s) to %s", image.name, image.manifest_digest, remote.registry)
+        return image.manifest_digest
+
+    def tag(self, source: str, target: str) -> Image:
+        """Give an image a new name, moving the name if another image had it."""
+        name = normalize_name(target)
+        with self._lock:
+            image = self.get(source)
+            record = next(r for r in self._table.all() if r.image.id == image.id
+                          and r.image.manifest_digest == image.manifest_digest)
+            new = ImageRecord(image=dataclasses.replace(record.image, name=name),
+                              blobs=record.blobs)
+            moved = self._record(_ImportJob(records=[new]))
+            self._collect_garbage(moved)
+        log.info("tagged image %s as %s", image.id, name)
+        return new.image
 
     # Export.
 
