@@ -209,3 +209,15 @@ def test_moor_image_save_and_import(moord, tmp_path: Path):
     result = moord.moor("image", "import", str(target))
 
     assert result.stdout.decode().split()[0] == "app:1"
+
+
+def test_moor_create_takes_image_labels(moord, tmp_path: Path):
+    config = {"Cmd": ["sh"], "Labels": {"team": "images", "tier": "base"}}
+    moord.moor("image", "import", str(docker_save_archive(
+        tmp_path / "in.tar", simple_layers(), ["labelled:1"], config=config)))
+
+    cid = moord.moor("create", "--label", "tier=app", "labelled:1").stdout.decode().strip()
+
+    labels = moord.inspect(cid)["Config"]["Labels"]
+    assert labels == {"team": "images", "tier": "app"}
+    moord.moor("rm", cid)
