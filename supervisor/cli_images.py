@@ -1,4 +1,4 @@
-"""``moor`` verbs for images beyond import and removal: prune, system df, and their output.
+"""``moor`` verbs for images beyond import and removal: pull, push, tag, login, save, prune, system df.
 
 ``supervisor.cli`` adds these parsers and hands the verbs over; the module stays
 free of heavy imports, because every ``moor`` command loads it.
@@ -105,7 +105,7 @@ def _absolute(path: str | None) -> str | None:
 
 
 class LayerProgress:
-    """Prints one line per layer: short digest, status, bytes and rate.
+    """Progress display of a pull or push: one line per layer with digest, status, bytes and rate.
 
     On a terminal the lines are redrawn in place; otherwise each layer's last state
     is printed once at the end.

@@ -333,7 +333,11 @@ class LayerUnpacker:
 
     def _create_hardlink(self, member: tarfile.TarInfo, parent_fd: int, name: str,
                          state: _LayerState) -> None:
-        """Link to the target entry itself: its last component is never resolved."""
+        """Link to the target entry itself: its last component is never resolved.
+
+        NOTE: in overlayfs diff mode the target must be in the same layer, so a hard link
+        to a lower layer's file is rejected there while the copy snapshotter accepts it.
+        """
         target = split_entry_name(member.linkname, state.layer, "hard link target")
         if not target:
             raise InvalidArgument(

@@ -2,7 +2,7 @@
 
 Pull downloads blobs into the content store, several at a time, each verified
 against its digest and size while written.  An interrupted download keeps its
-partial file, and the next attempt asks for the rest with a Range request.
+partial file, and the next attempt requests the rest with a Range request.
 Credentials come from a JSON file shaped like docker's ``config.json``
 (``{"auths": {"HOST[:PORT]": {"auth": base64("USER:PASSWORD")}}}``), which must
 not be readable by other users; they are never logged.
@@ -164,7 +164,7 @@ class RegistryClient:
                                   "use --insecure-registry for a plain HTTP one") from None
             if response.status not in expect:
                 response.close()
-                raise MoorError(f"registry {self.registry} answered {response.status} to "
+                raise MoorError(f"registry {self.registry} returned status {response.status} for "
                                 f"{method} {url}")
             return response
         raise FailedPrecondition(
@@ -198,9 +198,10 @@ class RegistryClient:
             self._tokens[scope] = f"Basic {encoded}"
             return
         if scheme.lower() != "bearer" or "realm" not in params:
-            raise MoorError(f"registry {self.registry} asks for an unsupported authentication "
+            raise MoorError(f"registry {self.registry} requires an unsupported authentication "
                             f"scheme {scheme!r}")
 
+        # NOTE: the bearer-token flow follows the distribution token spec but no test covers it.
         query = {"service": params.get("service", ""), "scope": params.get("scope", scope)}
         url = params["realm"] + "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
         headers = {}
