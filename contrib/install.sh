@@ -18,11 +18,22 @@ command -v runc >/dev/null 2>&1 || missing="$missing runc"
 [ -x /bin/busybox ] && ldd /bin/busybox >/dev/null 2>&1 && missing="$missing busybox-static"
 [ -x /bin/busybox ] || missing="$missing busybox-static"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
+# Images: zstd layers, and a local registry with htpasswd and openssl for the registry tests.
+command -v zstd >/dev/null 2>&1 || missing="$missing zstd"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+command -v htpasswd >/dev/null 2>&1 || missing="$missing apache2-utils"
+[ -x /usr/bin/docker-registry ] || missing="$missing docker-registry"
 command -v python3 >/dev/null 2>&1 || missing="$missing python3"
 if [ -n "$missing" ]; then
     echo "install.sh: installing$missing with apt-get"
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+
+# The tests start their own registries on random loopback ports; the package's
+# service would hold port 5000 for nothing.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
 if [ ! -x "$venv/bin/python" ]; then

@@ -250,7 +250,7 @@ class Api:
 
     async def op_image_import(self, request, stream):
         images = await asyncio.to_thread(self.manager.images.import_archive, _path(request, "file"),
-                                         request.get("name"))
+                                         request.get("name"), request.get("platform"))
         for image in images:
             self.manager.events.publish(protocol.TOPIC_IMAGE_IMPORT, None, name=image.name, image_id=image.id)
         return [formats.image(image) for image in images]
@@ -272,6 +272,74 @@ class Api:
         removed = await asyncio.to_thread(self.manager.images.remove, request["ref"])
         self.manager.events.publish(protocol.TOPIC_IMAGE_DELETE, None, ref=request["ref"])
         return {"removed": removed}
+
+    async def op_image_save(self, request, stream):
+        names = await asyncio.to_thread(self.manager.images.save, list(request["refs"]),
+                                        _path(request, "file"))
+        return {"names": names}
+
+    async def op_image_pull(self, request, stream):
+        progress = _ProgressForwarder(asyncio.get_running_loop(), stream)
+        image = await asyncio.to_thread(
+            self.manager.images.pull, request["ref"], request.get("platform"),
+            bool(request.get("insecure")), _optional_path(request, "ca_file"), progress)
+        await progress.flush()
+        self.manager.events.publish(protocol.TOPIC_IMAGE_IMPORT, None, name=image.name, image_id=image.id)
+        return formats.image(image)
+
+    async def op_image_push(self, request, stream):
+        progress = _ProgressForwarder(asyncio.get_running_loop(), stream)
+        digest = await asyncio.to_thread(
+            self.manager.images.push, request["ref"], bool(request.get("insecure")),
+            _optional_path(request, "ca_file"), progress)
+        await progress.flush()
+        return {"digest": digest}
+
+    async def op_image_tag(self, request, stream):
+        image = await asyncio.to_thread(self.manager.images.tag, request["source"], request["target"])
+        return formats.image(image)
+
+    async def op_login(self, request, stream):
+        from supervisor.images.registry import store_credentials
+        await asyncio.to_thread(store_credentials, self.manager.images.auth_file, request["registry"],
+                                request["user"], request["password"])
+        return {"registry": request["registry"]}
+
+    async def op_image_prune(self, request, stream):
+        used = {c.record.image_id for c in self.manager.containers.values()}
+        return await asyncio.to_thread(self.manager.images.prune, bool(request.get("all")), used)
+
+    async def op_system_df(self, request, stream):
+        usage = await asyncio.to_thread(self.manager.images.disk_usage)
+        usage["containers"] = len(self.manager.containers)
+        return usage
+
+
+class _ProgressForwarder:
+    """Sends pull and push progress from a worker thread to the client, a few times a second."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stream):
+        self._loop = loop
+        self._stream = stream
+        self._last: dict[str, tuple[float, str]] = {}
+        self._pending: list = []
+
+    def __call__(self, digest: str, done: int, total: int, status: str) -> None:
+        now = time.monotonic()
+        last_time, last_status = self._last.get(digest, (0.0, ""))
+        if status == last_status and done < total and now - last_time < 0.2:
+            return
+        self._last[digest] = (now, status)
+        message = {"layer": digest, "done": done, "total": total, "status": status}
+        self._pending.append(asyncio.run_coroutine_threadsafe(self._stream(message), self._loop))
+
+    async def flush(self) -> None:
+        for future in self._pending:
+            await asyncio.wrap_future(future)
+
+
+def _optional_path(request: dict, key: str):
+    return _path(request, key) if request.get(key) else None
 
 
 def _path(request: dict, key: str):

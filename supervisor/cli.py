@@ -19,6 +19,8 @@ import time
 
 from shim import protocol
 from shim.protocol import InvalidArgument, MoorError, StartFailed
+from supervisor import cli_images
+from supervisor.cli_images import cmd_login, cmd_pull, cmd_push, cmd_system, cmd_tag  # noqa: F401 (found by name in run())
 
 VERSION = "0.1.0"
 RUN_ERROR_EXIT = 125
@@ -162,9 +164,10 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     rootfs = image_sub.add_parser("import-rootfs", help="make a one-layer image from a folder")
     rootfs.add_argument("name")
     rootfs.add_argument("folder")
-    archive = image_sub.add_parser("import", help="load an OCI archive (oci-archive tar)")
+    archive = image_sub.add_parser("import", help="load an OCI archive or folder, or a `docker save` archive")
     archive.add_argument("file")
     archive.add_argument("--name", help="repository for entries tagged with a bare tag")
+    archive.add_argument("--platform", help="OS/ARCH[/VARIANT] to import (default: the host's)")
     image_sub.add_parser("default", help="make the built-in busybox image from the host's busybox-static")
     image_ls = image_sub.add_parser("ls", help="list images")
     image_ls.add_argument("-q", "--quiet", action="store_true")
@@ -172,6 +175,7 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     image_rm.add_argument("-f", "--force", action="store_true")
     image_rm.add_argument("images", nargs="+", metavar="IMAGE")
     sub.add_parser("images", help="list images (same as `image ls`)")
+    cli_images.add_image_commands(image_sub, sub)
 
     sub.add_parser("version", help="print client and moord versions")
     sub.add_parser("info", help="print moord's settings and counts")
@@ -402,11 +406,14 @@ def cmd_events(client, args) -> int:
 
 def cmd_image(client, args) -> int:
     command = args.image_command
+    if command in cli_images.IMAGE_COMMANDS:
+        return cli_images.cmd_image_more(client, args)
     if command == "import-rootfs":
         image = client.call("image_import_rootfs", name=args.name, dir=os.path.abspath(args.folder))
         print(image["id"])
     elif command == "import":
-        for image in client.call("image_import", file=os.path.abspath(args.file), name=args.name):
+        for image in client.call("image_import", file=os.path.abspath(args.file), name=args.name,
+                                 platform=args.platform):
             print(f"{image['name']} {image['id']}")
     elif command == "default":
         image = client.call("image_default")

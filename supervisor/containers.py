@@ -182,7 +182,7 @@ class Manager:
 
         record = ContainerRecord(
             id=container_id, name=name, image=image.name, image_id=image.id, spec=spec,
-            options=self._stored_options(request, image), labels=dict(request.get("labels") or {}),
+            options=self._stored_options(request, image), labels=_labels(image, request),
             restart_policy=str(policy), boot_id=self.boot_id)
         self.store.insert(record)
         container = Container(record)
@@ -752,6 +752,14 @@ class Manager:
                 container.restart_handle.cancel()
             if container.shim is not None:
                 container.shim.close()
+
+
+def _labels(image, request: dict) -> dict:
+    """Return the image config's Labels, overridden by the labels of the request."""
+    image_labels = image.config.get("Labels")
+    if not isinstance(image_labels, dict):
+        image_labels = {}
+    return {**{str(k): str(v) for k, v in image_labels.items()}, **dict(request.get("labels") or {})}
 
 
 def _reject_options_with_spec(options) -> None:

@@ -99,6 +99,7 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     images = ImageStore(config.root, config.db_path, config.snapshotter)
     manager = Manager(config, store, images, events, plugins, launcher, context,
                       nofile_limits=rlimits[resource.RLIMIT_NOFILE])
+    images.container_roots = lambda: [manager.folder(cid) / "rootfs" for cid in list(manager.containers)]
     plugins.hook.moorage_startup(config=config)
 
     await manager.restore()

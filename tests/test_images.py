@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -86,12 +87,17 @@ class ArchiveBuilder:
         return {"mediaType": media_type, "digest": digest, "size": len(data)}
 
     def add_image(self, layers: list[bytes], gzipped: list[bool] | None = None,
-                  config: dict | None = None) -> dict:
-        """Store layers, config and manifest blobs; return the manifest descriptor."""
+                  config: dict | None = None, zstd_blobs: list[bytes] | None = None) -> dict:
+        """Store layers, config and manifest blobs; return the manifest descriptor.
+
+        ``zstd_blobs`` gives zstd blobs of the layers, which then replace the tar data.
+        """
         gzipped = gzipped or [False] * len(layers)
         descriptors = []
-        for layer, compress in zip(layers, gzipped):
-            if compress:
+        for index, (layer, compress) in enumerate(zip(layers, gzipped)):
+            if zstd_blobs:
+                descriptors.append(self.add_blob(self.LAYER + "+zstd", zstd_blobs[index]))
+            elif compress:
                 compressed = gzip.compress(layer, mtime=0)
                 descriptors.append(self.add_blob(self.LAYER + "+gzip", compressed))
             else:
@@ -140,9 +146,10 @@ class ArchiveBuilder:
 
 
 def one_image_archive(path: Path, layers: list[bytes], ref: str = "test:latest",
-                      gzipped: list[bool] | None = None) -> Path:
+                      gzipped: list[bool] | None = None,
+                      zstd_blobs: list[bytes] | None = None) -> Path:
     builder = ArchiveBuilder()
-    builder.tag(builder.add_image(layers, gzipped), ref)
+    builder.tag(builder.add_image(layers, gzipped, zstd_blobs=zstd_blobs), ref)
     return builder.write(path)
 
 
@@ -165,19 +172,21 @@ def root(tmp_path: Path):
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def store(root: Path) -> ImageStore:
-    return ImageStore(root, root / "moorage.db")
+def unmount_under(folder: Path) -> None:
+    for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+        target = line.split()[4]
+        if target.startswith(str(folder) + "/"):
+            subprocess.run(["umount", "-l", target], capture_output=True, timeout=30)
 
 
 @pytest.fixture(params=["copy", "overlayfs"])
-def rootfs_store(request, root: Path, tmp_path: Path):
-    """A store of each snapshotter kind; teardown unmounts any container root left mounted."""
+def store(request, root: Path, tmp_path: Path):
+    """A store of each snapshotter kind; teardown unmounts any view or root left mounted."""
     yield ImageStore(root, root / "moorage.db", request.param)
-    for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
-        target = line.split()[4]
-        if target.startswith(str(tmp_path) + "/"):
-            subprocess.run(["umount", "-l", target], capture_output=True, timeout=30)
+    unmount_under(tmp_path)
+
+
+rootfs_store = store
 
 
 @pytest.fixture
@@ -196,13 +205,17 @@ def assert_canary_untouched(canary: Path) -> None:
 
 def assert_store_empty(store: ImageStore, root: Path) -> None:
     assert store.list() == []
-    assert os.listdir(root / "snapshots") == []
+    assert os.listdir(store.snapshots.folder) == []
     assert os.listdir(root / "blobs" / "sha256") == []
     assert os.listdir(root / "blobs" / "ingest") == []
 
 
-def snapshot_of(root: Path, image: Image) -> Path:
-    return root / "snapshots" / image.snapshot
+def snapshot_of(store: ImageStore, image: Image) -> Path:
+    """Return the image's tree as containers see it: a fresh container root made from it."""
+    dest = Path(tempfile.mkdtemp(prefix="view-", dir=store.snapshots.folder.parent.parent.parent))
+    dest.rmdir()
+    store.prepare_rootfs(image, dest)
+    return dest
 
 
 @pytest.fixture
@@ -231,7 +244,7 @@ def test_import_rootfs_small_folder(store: ImageStore, root: Path, small_rootfs:
     assert image.name == "small:latest"
     assert image.config == {"Cmd": ["/bin/prog"]}
     assert image.id.startswith("sha256:")
-    snapshot = snapshot_of(root, image)
+    snapshot = snapshot_of(store, image)
     assert tree(snapshot) == ["bin/", "bin/alias", "bin/prog", "etc/", "etc/conf",
                               "etc/conf-twin", "etc/pipe"]
     assert stat.S_IMODE(os.lstat(snapshot / "bin/prog").st_mode) == 0o4755
@@ -261,11 +274,11 @@ def test_import_rootfs_writes_oci_blobs(store: ImageStore, root: Path, small_roo
 def test_import_rootfs_busybox_folder(store: ImageStore, root: Path, tmp_path: Path):
     busybox_image = store.ensure_busybox()
     copy = tmp_path / "copy"
-    shutil.copytree(snapshot_of(root, busybox_image), copy, symlinks=True)
+    shutil.copytree(snapshot_of(store, busybox_image), copy, symlinks=True)
 
     image = store.import_rootfs("mybox:1", copy, {"Cmd": ["sh"]})
 
-    result = subprocess.run(["chroot", str(snapshot_of(root, image)), "/bin/sh", "-c", "echo ok"],
+    result = subprocess.run(["chroot", str(snapshot_of(store, image)), "/bin/sh", "-c", "echo ok"],
                             capture_output=True, text=True, timeout=30)
     assert result.stdout == "ok\n"
     assert {i.name for i in store.list()} == {"busybox:latest", "mybox:1"}
@@ -274,7 +287,7 @@ def test_import_rootfs_busybox_folder(store: ImageStore, root: Path, tmp_path: P
 def test_ensure_busybox_runs_shell(store: ImageStore, root: Path):
     image = store.ensure_busybox()
 
-    snapshot = snapshot_of(root, image)
+    snapshot = snapshot_of(store, image)
     result = subprocess.run(["chroot", str(snapshot), "/bin/sh", "-c", "echo ok"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
@@ -342,8 +355,8 @@ def test_import_rootfs_accepts_bin_symlink(store: ImageStore, root: Path, tmp_pa
 
     image = store.import_rootfs("merged", folder)
 
-    assert os.readlink(snapshot_of(root, image) / "bin") == "usr/bin"
-    assert (snapshot_of(root, image) / "usr/bin/tool").read_text() == "tool"
+    assert os.readlink(snapshot_of(store, image) / "bin") == "usr/bin"
+    assert (snapshot_of(store, image) / "usr/bin/tool").read_text() == "tool"
 
 
 @pytest.mark.parametrize("name, expected", [
@@ -366,9 +379,9 @@ def test_import_rootfs_moves_tag(store: ImageStore, root: Path, small_rootfs: Pa
     new = store.import_rootfs("app:1", other)
 
     assert store.get("app:1") == new
-    assert not snapshot_of(root, old).exists()
+    assert not (store.snapshots.folder / old.snapshot).exists()
     assert not (root / "blobs/sha256" / old.manifest_digest.removeprefix("sha256:")).exists()
-    assert os.listdir(root / "snapshots") == [new.snapshot]
+    assert os.listdir(store.snapshots.folder) == [new.snapshot]
 
 
 # import_archive.
@@ -417,7 +430,7 @@ def test_import_archive_applies_whiteouts(store: ImageStore, root: Path, tmp_pat
 
     [image] = store.import_archive(archive)
 
-    snapshot = snapshot_of(root, image)
+    snapshot = snapshot_of(store, image)
     assert tree(snapshot) == ["app/", "app/new.txt", "app/newdir/", "app/newdir/y", "bin/",
                               "bin/sh", "etc/", "etc/added", "etc/keep", "var/", "var/new"]
     assert (snapshot / "app/new.txt").read_text() == "new\n"
@@ -437,7 +450,7 @@ def test_import_archive_gnu_tar_layer(store: ImageStore, root: Path, tmp_path: P
     archive = one_image_archive(tmp_path / "image.tar", [layer], gzipped=[True])
     [image] = store.import_archive(archive)
 
-    snapshot = snapshot_of(root, image)
+    snapshot = snapshot_of(store, image)
     assert tree(snapshot) == ["bin/", "bin/tool"]
     assert stat.S_IMODE(os.lstat(snapshot).st_mode) == 0o751
 
@@ -457,7 +470,7 @@ def test_import_archive_restores_metadata(store: ImageStore, root: Path, tmp_pat
 
     [image] = store.import_archive(archive)
 
-    snapshot = snapshot_of(root, image)
+    snapshot = snapshot_of(store, image)
     ping = os.lstat(snapshot / "bin/ping")
     assert stat.S_IMODE(ping.st_mode) == 0o4755
     assert ping.st_mtime == MTIME
@@ -490,7 +503,7 @@ def test_import_archive_hardlink_to_symlink(store: ImageStore, root: Path, tmp_p
 
     [image] = store.import_archive(one_image_archive(tmp_path / "image.tar", [layer]))
 
-    snapshot = snapshot_of(root, image)
+    snapshot = snapshot_of(store, image)
     for source, twin, target in [("sym", "twin", "/tmp/target"),
                                  ("hostsym", "hosttwin", str(host_file)),
                                  ("dangling", "dangtwin", "/nowhere/at/all")]:
@@ -517,7 +530,7 @@ def test_import_archive_picks_host_platform(store: ImageStore, root: Path, tmp_p
     [image] = store.import_archive(archive)
 
     assert image.name == "example.com/multi:2"
-    assert (snapshot_of(root, image) / "arch").read_text() == architecture
+    assert (snapshot_of(store, image) / "arch").read_text() == architecture
 
 
 def test_import_archive_rejects_foreign_platform(store: ImageStore, root: Path, tmp_path: Path):
@@ -558,13 +571,13 @@ def test_import_archive_bare_tag_needs_name(store: ImageStore, root: Path, tmp_p
     assert_store_empty(store, root)
 
 
-def test_import_archive_rejects_docker_save(store: ImageStore, tmp_path: Path):
+def test_import_archive_rejects_empty_docker_manifest(store: ImageStore, tmp_path: Path):
     path = tmp_path / "docker.tar"
     with tarfile.open(path, "w") as tar:
         info = tarfile.TarInfo("manifest.json")
         tar.addfile(info, io.BytesIO(b""))
 
-    with pytest.raises(InvalidArgument, match="docker save"):
+    with pytest.raises(InvalidArgument, match="manifest.json"):
         store.import_archive(path)
 
 
@@ -683,7 +696,7 @@ def test_import_archive_replaces_symlinks(store: ImageStore, root: Path, tmp_pat
 
     [image] = store.import_archive(one_image_archive(tmp_path / "image.tar", [lower, upper]))
 
-    snapshot = snapshot_of(root, image)
+    snapshot = snapshot_of(store, image)
     assert (snapshot / "file").read_bytes() == b"image"
     assert not (snapshot / "file").is_symlink()
     assert stat.S_ISDIR(os.lstat(snapshot / "folder").st_mode)
@@ -700,7 +713,7 @@ def test_import_archive_failure_keeps_others(store: ImageStore, root: Path,
         store.import_archive(archive)
 
     assert store.list() == [kept]
-    assert os.listdir(root / "snapshots") == [kept.snapshot]
+    assert os.listdir(store.snapshots.folder) == [kept.snapshot]
     assert len(os.listdir(root / "blobs/sha256")) == 3
 
 
@@ -737,7 +750,7 @@ def test_remove_counts_references(store: ImageStore, root: Path, tmp_path: Path)
     assert first.manifest_digest == second.manifest_digest
 
     assert store.remove("repo:one") == ["repo:one"]
-    assert snapshot_of(root, second).is_dir()
+    assert (store.snapshots.folder / second.snapshot).is_dir()
     assert len(os.listdir(root / "blobs/sha256")) == 3
 
     assert store.remove("repo:two") == ["repo:two", second.id]
@@ -752,7 +765,7 @@ def test_remove_keeps_shared_snapshot(store: ImageStore, root: Path, small_rootf
 
     assert store.remove(first.id) == ["first:latest", first.id]
 
-    assert snapshot_of(root, second).is_dir()
+    assert (store.snapshots.folder / second.snapshot).is_dir()
     assert store.list() == [second]
     assert len(os.listdir(root / "blobs/sha256")) == 3
 
@@ -764,7 +777,7 @@ def test_remove_rejects_image_in_use(store: ImageStore, root: Path, small_rootfs
         store.remove("busy", in_use=lambda snapshot: snapshot == image.snapshot)
 
     assert store.list() == [image]
-    assert snapshot_of(root, image).is_dir()
+    assert (store.snapshots.folder / image.snapshot).is_dir()
 
 
 def test_remove_untags_despite_use(store: ImageStore, small_rootfs: Path):
@@ -784,15 +797,15 @@ def test_remove_unknown_ref(store: ImageStore):
 
 def test_store_reopen_removes_leftovers(store: ImageStore, root: Path, small_rootfs: Path):
     image = store.import_rootfs("kept", small_rootfs)
-    (root / "snapshots/.tmp-crashed").mkdir()
-    (root / "snapshots" / ("0" * 64)).mkdir()
+    (store.snapshots.folder / ".tmp-crashed").mkdir()
+    (store.snapshots.folder / ("0" * 64)).mkdir()
     (root / "blobs/sha256" / ("1" * 64)).write_bytes(b"orphan")
     (root / "blobs/ingest/blob-partial").write_bytes(b"part")
 
-    reopened = ImageStore(root, root / "moorage.db")
+    reopened = ImageStore(root, root / "moorage.db", store.snapshotter)
 
     assert reopened.list() == [image]
-    assert os.listdir(root / "snapshots") == [image.snapshot]
+    assert os.listdir(store.snapshots.folder) == [image.snapshot]
     assert len(os.listdir(root / "blobs/sha256")) == 3
     assert os.listdir(root / "blobs/ingest") == []
 
@@ -828,7 +841,7 @@ def test_prepare_rootfs_keeps_metadata(rootfs_store: ImageStore, tmp_path: Path,
     assert os.lstat(dest / "etc/conf").st_ino == os.lstat(dest / "etc/conf-twin").st_ino
     assert os.lstat(dest / "etc/conf").st_uid == 1234
     assert os.getxattr(dest / "etc/conf", "user.note") == b"hello"
-    expected = ["rootfs"] if rootfs_store._snapshotter == "copy" else [
+    expected = ["rootfs"] if rootfs_store.snapshotter == "copy" else [
         "rootfs", "rootfs.lower", "rootfs.upper", "rootfs.work"]
     assert sorted(os.listdir(dest.parent)) == expected
 

@@ -96,6 +96,9 @@ class ContentStore:
     def clean_ingest(self) -> None:
         """Remove temporary files left by an import that was interrupted by a crash."""
         for leftover in self.ingest_dir.iterdir():
+            if leftover.name.endswith(".partial") and leftover.is_file():
+                # A partial download is resumed by the next pull and verified when complete.
+                continue
             log.info("removing unfinished blob %s", leftover)
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover)
@@ -139,6 +142,31 @@ class ContentStore:
                 f"blob {expected} in {where} has {writer.size} bytes but its descriptor "
                 f"says {size}; export or download the archive again")
         return writer.commit(expected, where)[1]
+
+    def commit_file(self, path: Path, expected: str, size: int, where: str) -> bool:
+        """Verify a downloaded file in the ingest folder and move it to its digest's place.
+
+        Return whether the blob is new; a file of the wrong size or digest is deleted.
+        """
+        digest = hashlib.sha256()
+        with open(path, "rb") as source:
+            while chunk := source.read(_CHUNK):
+                digest.update(chunk)
+            actual_size = source.tell()
+            os.fsync(source.fileno())
+        actual = "sha256:" + digest.hexdigest()
+        if actual_size != size or actual != expected:
+            path.unlink(missing_ok=True)
+            raise InvalidArgument(
+                f"blob {expected} from {where} is corrupt: {actual_size} bytes hashing to "
+                f"{actual}, expected {size} bytes; pull again")
+        final = self.path(expected)
+        if final.exists():
+            path.unlink()
+            return False
+        os.rename(path, final)
+        fsync_dir(final.parent)
+        return True
 
     def read(self, digest: str) -> bytes:
         return self.path(digest).read_bytes()

@@ -21,6 +21,14 @@ CREATE TABLE IF NOT EXISTS images (
     blobs TEXT NOT NULL
 )
 """
+_SNAPSHOT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    name TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    size INTEGER NOT NULL
+)
+"""
 _COLUMNS = "name, manifest_digest, config_digest, snapshot, size, created, config, blobs"
 
 
@@ -53,6 +61,7 @@ class ImageTable:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
+            conn.execute(_SNAPSHOT_SCHEMA)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -92,6 +101,48 @@ class ImageTable:
             row = conn.execute("SELECT size FROM images WHERE snapshot = ? LIMIT 1",
                                (snapshot,)).fetchone()
         return row[0] if row else None
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """A committed layer snapshot: its chain id, its parent's ('' for none), kind and size."""
+
+    name: str
+    parent: str
+    kind: str
+    size: int
+
+
+class SnapshotTable:
+    """Rows ``chain id -> parent`` of the committed layer snapshots, in the images database."""
+
+    def __init__(self, db_path: Path):
+        self._db_path = db_path
+        with self._connect() as conn:
+            conn.execute(_SNAPSHOT_SCHEMA)
+
+    _connect = ImageTable._connect
+
+    def all(self) -> dict[str, SnapshotRecord]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT name, parent, kind, size FROM snapshots").fetchall()
+        return {row[0]: SnapshotRecord(*row) for row in rows}
+
+    def get(self, name: str) -> SnapshotRecord | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT name, parent, kind, size FROM snapshots WHERE name = ?",
+                               (name,)).fetchone()
+        return SnapshotRecord(*row) if row else None
+
+    def put(self, record: SnapshotRecord) -> None:
+        with self._connect() as conn:
+            conn.execute("INSERT OR REPLACE INTO snapshots (name, parent, kind, size) "
+                         "VALUES (?, ?, ?, ?)",
+                         (record.name, record.parent, record.kind, record.size))
+
+    def delete(self, name: str) -> None:
+        with self._connect() as conn:
+            conn.execute("DELETE FROM snapshots WHERE name = ?", (name,))
 
 
 def _row(record: ImageRecord) -> tuple:

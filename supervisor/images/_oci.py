@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import posixpath
+import stat
 import tarfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +40,7 @@ CONFIG_TYPES = frozenset({MEDIA_CONFIG, MEDIA_DOCKER_CONFIG})
 LAYER_TYPES = frozenset({
     MEDIA_LAYER,
     MEDIA_LAYER + "+gzip",
+    MEDIA_LAYER + "+zstd",
     "application/vnd.oci.image.layer.nondistributable.v1.tar",
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
     "application/vnd.docker.image.rootfs.diff.tar",
@@ -75,13 +78,27 @@ def host_platform() -> tuple[str, str | None]:
     return _ARCHITECTURES.get(machine, (machine, None))
 
 
-def platform_matches(required: dict | None) -> bool:
-    """Tell whether a descriptor's platform runs here; a missing platform matches any host."""
+def parse_platform(text: str | None) -> tuple[str, str, str | None]:
+    """Parse ``OS/ARCH[/VARIANT]`` (the host's when None) into (os, architecture, variant)."""
+    if text is None:
+        return ("linux", *host_platform())
+    parts = text.split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise InvalidArgument(
+            f"invalid platform {text!r}: expected OS/ARCHITECTURE[/VARIANT], e.g. linux/amd64")
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+
+
+def platform_matches(required: dict | None, wanted: str | None = None) -> bool:
+    """Tell whether a descriptor's platform is ``wanted`` (default: the host's).
+
+    A descriptor without a platform matches any.
+    """
     if required is None:
         return True
 
-    architecture, variant = host_platform()
-    if required.get("os") != "linux" or required.get("architecture") != architecture:
+    os_name, architecture, variant = parse_platform(wanted)
+    if required.get("os") != os_name or required.get("architecture") != architecture:
         return False
     return variant is None or required.get("variant") in (None, variant)
 
@@ -151,28 +168,40 @@ def descriptor_list(document: dict, key: str, where: str) -> list[Descriptor]:
 
 
 class OciArchive:
-    """Read-only view of an OCI image layout stored in a tar archive, plain or compressed."""
+    """Read-only view of an OCI image layout: a folder, or a tar archive (plain or compressed).
 
-    def __init__(self, path: Path):
+    A ``docker save`` archive is a tar too; ``members`` and ``open_member`` serve
+    its reader as well.
+    """
+
+    def __init__(self, path: Path, check: bool = True):
         self.path = path
+        self._tar: tarfile.TarFile | None = None
+        if path.is_dir():
+            self._sizes = _folder_sizes(path)
+        else:
+            self._sizes = self._open_tar(path)
+        if check:
+            self._check_layout()
+
+    def _open_tar(self, path: Path) -> dict[str, int]:
         try:
             self._tar = tarfile.open(path, "r:*")
             members = self._tar.getmembers()
         except FileNotFoundError:
             raise InvalidArgument(f"archive {path} does not exist; check the path") from None
-        except IsADirectoryError:
-            raise InvalidArgument(f"{path} is a folder; pass an OCI archive file") from None
         except (tarfile.TarError, EOFError) as error:
             raise InvalidArgument(
-                f"{path} is not a tar archive ({error}); pass an OCI archive as written by "
-                "`skopeo copy ... oci-archive:FILE` or umoci") from error
+                f"{path} is not a tar archive ({error}); pass an OCI archive, an OCI layout "
+                "folder or a `docker save` archive") from error
 
         self._members = {posixpath.normpath(member.name).lstrip("/"): member
                          for member in members if member.isfile() or member.islnk()}
-        self._check_layout()
+        return {name: member.size for name, member in self._members.items()}
 
     def close(self) -> None:
-        self._tar.close()
+        if self._tar is not None:
+            self._tar.close()
 
     def __enter__(self) -> OciArchive:
         return self
@@ -180,45 +209,52 @@ class OciArchive:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def members(self) -> dict[str, int]:
+        """Return the size of every file, by its normalized name."""
+        return self._sizes
+
+    def open_member(self, name: str) -> BinaryIO:
+        if self._tar is None:
+            fd = os.open(self.path / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            return open(fd, "rb")
+        return self._tar.extractfile(self._members[name])
+
     def _check_layout(self) -> None:
-        if "oci-layout" in self._members:
-            layout = self._read_member("oci-layout")
+        if "oci-layout" in self._sizes:
+            layout = self.read_member("oci-layout")
             if not isinstance(layout.get("imageLayoutVersion"), str):
                 raise InvalidArgument(f"{self.path}: oci-layout has no imageLayoutVersion")
             return
-
-        if "manifest.json" in self._members:
-            raise InvalidArgument(
-                f"{self.path} is a `docker save` archive, which is not supported yet; convert it "
-                "with `skopeo copy docker-archive:FILE oci-archive:NEW-FILE` and import that")
         raise InvalidArgument(
-            f"{self.path} is not an OCI archive: it has no oci-layout file; pass an archive "
-            "written by `skopeo copy ... oci-archive:FILE` or umoci")
+            f"{self.path} is not an OCI layout: it has no oci-layout file; pass an OCI archive "
+            "or folder, or a `docker save` archive")
 
-    def _read_member(self, name: str) -> dict:
-        member = self._members.get(name)
-        if member is None:
-            raise InvalidArgument(f"{self.path} is not an OCI archive: it has no {name}")
-        if member.size > MAX_DOCUMENT_BYTES:
+    def read_member(self, name: str) -> dict:
+        """Read and parse a small JSON file of the layout."""
+        size = self._sizes.get(name)
+        if size is None:
+            raise InvalidArgument(f"{self.path} is not a valid image archive: it has no {name}")
+        if size > MAX_DOCUMENT_BYTES:
             raise InvalidArgument(f"{self.path}: {name} is larger than {MAX_DOCUMENT_BYTES} bytes")
-        return parse_json(self._tar.extractfile(member).read(), f"{self.path}: {name}")
+        with self.open_member(name) as member:
+            return parse_json(member.read(), f"{self.path}: {name}")
 
     def index(self) -> dict:
         """Return the parsed top-level ``index.json``."""
-        return self._read_member("index.json")
+        return self.read_member("index.json")
 
     def open_blob(self, descriptor: Descriptor) -> BinaryIO:
         """Open a blob's data after checking that its size matches the descriptor."""
         name = "blobs/sha256/" + descriptor.digest.removeprefix("sha256:")
-        member = self._members.get(name)
-        if member is None:
+        size = self._sizes.get(name)
+        if size is None:
             raise InvalidArgument(
                 f"{self.path}: blob {descriptor.digest} is referenced but missing from the archive")
-        if member.size != descriptor.size:
+        if size != descriptor.size:
             raise InvalidArgument(
-                f"{self.path}: blob {descriptor.digest} has {member.size} bytes but its "
+                f"{self.path}: blob {descriptor.digest} has {size} bytes but its "
                 f"descriptor says {descriptor.size}; the archive is corrupt")
-        return self._tar.extractfile(member)
+        return self.open_member(name)
 
     def read_document(self, descriptor: Descriptor) -> bytes:
         """Read an index, manifest or config blob into memory and verify its digest."""
@@ -227,7 +263,8 @@ class OciArchive:
                 f"{self.path}: document {descriptor.digest} is larger than "
                 f"{MAX_DOCUMENT_BYTES} bytes")
 
-        data = self.open_blob(descriptor).read()
+        with self.open_blob(descriptor) as blob:
+            data = blob.read()
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if actual != descriptor.digest:
             raise InvalidArgument(
@@ -235,28 +272,51 @@ class OciArchive:
                 f"{actual}; export or download the archive again")
         return data
 
+    def targets(self, name: str | None, wanted: str | None = None) -> list[tuple[str, Descriptor]]:
+        return select_manifests(self, name, wanted)
 
-def select_manifests(archive: OciArchive, name: str | None) -> list[tuple[str, Descriptor]]:
-    """Choose the manifests to import, one per image name, for the host platform."""
+
+def _folder_sizes(folder: Path) -> dict[str, int]:
+    """Return the sizes of the regular files of a layout folder, links not followed."""
+    sizes = {}
+    for directory, _, files in os.walk(folder):
+        for file_name in files:
+            full = os.path.join(directory, file_name)
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode):
+                sizes[os.path.relpath(full, folder)] = st.st_size
+    return sizes
+
+
+def select_manifests(archive: OciArchive, name: str | None,
+                     wanted: str | None = None) -> list[tuple[str, Descriptor]]:
+    """Choose the manifests to import, one per image name, for the platform ``wanted``."""
     where = f"{archive.path}: index.json"
     chosen = []
     for descriptor in descriptor_list(archive.index(), "manifests", where):
-        manifest = _resolve_platform(archive, descriptor)
+        manifest = resolve_platform(archive, descriptor, wanted)
         if manifest is not None:
             chosen.append((descriptor, manifest))
 
     if not chosen:
-        architecture, _ = host_platform()
         raise FailedPrecondition(
-            f"{archive.path} has no image for linux/{architecture}; export the image for this "
-            "platform")
+            f"{archive.path} has no image for {platform_text(wanted)}; export the image for "
+            "this platform")
     return _name_manifests(archive.path, chosen, name)
 
 
-def _resolve_platform(archive: OciArchive, descriptor: Descriptor) -> Descriptor | None:
-    """Return the manifest for this host that a top-level descriptor stands for, if any."""
+def platform_text(wanted: str | None) -> str:
+    os_name, architecture, variant = parse_platform(wanted)
+    return f"{os_name}/{architecture}" + (f"/{variant}" if variant else "")
+
+
+def resolve_platform(archive, descriptor: Descriptor, wanted: str | None = None) -> Descriptor | None:
+    """Return the manifest for ``wanted`` that a descriptor is or lists, if any.
+
+    ``archive`` is anything with ``read_document`` and ``path``: an archive or a registry.
+    """
     if descriptor.media_type in MANIFEST_TYPES:
-        return descriptor if platform_matches(descriptor.platform) else None
+        return descriptor if platform_matches(descriptor.platform, wanted) else None
     if descriptor.media_type not in INDEX_TYPES:
         log.debug("%s: skipping %s of media type %s", archive.path, descriptor.digest,
                   descriptor.media_type)
@@ -265,15 +325,14 @@ def _resolve_platform(archive: OciArchive, descriptor: Descriptor) -> Descriptor
     where = f"{archive.path}: index {descriptor.digest}"
     nested = parse_json(archive.read_document(descriptor), where)
     for candidate in descriptor_list(nested, "manifests", where):
-        if candidate.media_type in MANIFEST_TYPES and platform_matches(candidate.platform):
+        if candidate.media_type in MANIFEST_TYPES and platform_matches(candidate.platform, wanted):
             return candidate
 
     candidates = descriptor_list(nested, "manifests", where)
     platforms = sorted({_platform_text(candidate.platform) for candidate in candidates})
-    architecture, _ = host_platform()
     raise FailedPrecondition(
-        f"{where} has no manifest for linux/{architecture} (it has {', '.join(platforms)}); "
-        "export the image for this platform")
+        f"{where} has no manifest for {platform_text(wanted)} (it has {', '.join(platforms)}); "
+        "choose one of those with --platform")
 
 
 def _platform_text(value: dict | None) -> str:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import re
 import shutil
-import stat
-import subprocess
 import tempfile
 import threading
 import time
@@ -17,22 +17,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, MoorError,
-                           NotFound)
+from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound)
 
 from . import _busybox, _oci, _overlay
 from ._content import ContentStore, check_digest
-from ._db import Image, ImageRecord, ImageTable
+from ._docker import open_image_source
+from ._export import write_archive
+from ._db import Image, ImageRecord, ImageTable, SnapshotTable
 from ._pack import write_folder_layer
 from ._reference import normalize_name
-from ._unpack import LayerUnpacker, apply_layer_file
+from .registry import Progress, RegistryClient, RemoteRef, load_credentials, parse_remote
+from .snapshots import KINDS, Snapshots, pick_kind, tree_size
 
 log = logging.getLogger(__name__)
 
 # Snapshot folders and blob files are both named by 64 hex digits of a sha256 digest.
 _SHA256_HEX_RE = re.compile(r"[a-f0-9]{64}", re.ASCII)
+_PARALLEL_DOWNLOADS = 3
 _HEX_PREFIX_RE = re.compile(r"(?:sha256:)?([a-f0-9]{4,64})", re.ASCII)
-_TEMP_PREFIX = ".tmp-"
 
 
 @dataclass
@@ -44,6 +46,29 @@ class _ImportJob:
     records: list[ImageRecord] = field(default_factory=list)
 
 
+class _RegistrySource:
+    """Documents and blobs of a pull, read from memory or from the content store."""
+
+    def __init__(self, client: RegistryClient, remote: RemoteRef, content: ContentStore):
+        self.path = f"{remote.registry}/{remote.repository}"
+        self.documents: dict[str, bytes] = {}
+        self._client = client
+        self._remote = remote
+        self._content = content
+
+    def read_document(self, descriptor: _oci.Descriptor) -> bytes:
+        if descriptor.digest in self.documents:
+            return self.documents[descriptor.digest]
+        if self._content.exists(descriptor.digest):
+            return self._content.read(descriptor.digest)
+        body, _, _ = self._client.get_manifest(self._remote.repository, descriptor.digest)
+        self.documents[descriptor.digest] = body
+        return body
+
+    def open_blob(self, descriptor: _oci.Descriptor):
+        return open(self._content.path(descriptor.digest), "rb")
+
+
 class ImageStore:
     """Images of one moord root: blobs, snapshots and the ``images`` table.
 
@@ -52,44 +77,41 @@ class ImageStore:
     """
 
     def __init__(self, root: Path, db_path: Path, snapshotter: str = "auto"):
-        if snapshotter not in ("auto", "overlayfs", "copy"):
+        if snapshotter not in ("auto", *KINDS):
             raise InvalidArgument(f"invalid snapshotter {snapshotter!r}: use auto, overlayfs or copy")
-        self._snapshotter = snapshotter
-        self._use_overlay: bool | None = None if snapshotter == "auto" else snapshotter == "overlayfs"
         self._root = root
-        self._snapshots = root / "snapshots"
         self._lock = threading.RLock()
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._snapshots.mkdir(exist_ok=True)
-        # Snapshots hold setuid programs, so no other host user may reach them.
-        os.chmod(self._snapshots, 0o700)
+        (root / "snapshots").mkdir(mode=0o700, exist_ok=True)
+        os.chmod(root / "snapshots", 0o700)
 
         self._content = ContentStore(root)
         os.chmod(root / "blobs", 0o700)
         self._table = ImageTable(db_path)
+        kind = pick_kind(snapshotter, root / "tmp")
+        self.snapshots = Snapshots(root / "snapshots" / kind, SnapshotTable(db_path), kind)
+        self.auth_file = root / "auth.json"
+        # Set by moord: the container roots that exist, whose snapshots must be kept.
+        self.container_roots: Callable[[], list[Path]] = list
         self._clean_leftovers()
 
-    def _clean_leftovers(self) -> None:
-        """Remove temporary files, and the snapshots and blobs that no recorded image uses.
+    @property
+    def snapshotter(self) -> str:
+        return self.snapshots.kind
 
-        Those are left when moord stops between unpacking an image and recording it.
+    def _clean_leftovers(self) -> None:
+        """Remove temporary files, unrecorded snapshots, and blobs that no image uses.
+
+        Those are left when moord stops while importing an image.  Recorded snapshots
+        stay, since containers may still use them; ``prune`` removes the unused ones.
         """
         self._content.clean_ingest()
-        for leftover in self._snapshots.glob(_TEMP_PREFIX + "*"):
-            log.info("removing unfinished snapshot %s", leftover)
-            shutil.rmtree(leftover)
-        self._remove_unused()
+        self.snapshots.clean_leftovers()
+        self._remove_unused_blobs()
 
-    def _remove_unused(self) -> None:
+    def _remove_unused_blobs(self) -> None:
         records = self._table.all()
-        used_snapshots = {record.image.snapshot for record in records}
         used_blobs = {digest.removeprefix("sha256:") for r in records for digest in r.blobs}
-        for path in self._snapshots.iterdir():
-            if _SHA256_HEX_RE.fullmatch(path.name) is None:
-                log.warning("ignoring %s: not a snapshot name", path)
-            elif path.name not in used_snapshots:
-                log.info("removing snapshot %s, which no image uses", path.name)
-                self._delete_snapshot(path.name)
         for path in self._content.blob_dir.iterdir():
             if _SHA256_HEX_RE.fullmatch(path.name) is None:
                 log.warning("ignoring %s: not a blob name", path)
@@ -113,7 +135,7 @@ class ImageStore:
         A name wins over an id prefix, so "abcd" finds the image named abcd:latest first.
         """
         try:
-            record = self._table.get(normalize_name(ref))
+            record = self._table.get(ref if "@" in ref else normalize_name(ref))
         except InvalidArgument:
             if _HEX_PREFIX_RE.fullmatch(ref) is None:
                 raise
@@ -205,10 +227,15 @@ class ImageStore:
             job.new_blobs.append(digest)
         return _oci.Descriptor(media_type, digest, len(data))
 
-    def import_archive(self, path: Path, name: str | None = None) -> list[Image]:
-        """Import every image of an OCI archive for this host's platform, all or none."""
-        with self._lock, _oci.OciArchive(path) as archive:
-            targets = _oci.select_manifests(archive, name)
+    def import_archive(self, path: Path, name: str | None = None,
+                       platform: str | None = None) -> list[Image]:
+        """Import every image of an archive or layout folder for a platform, all or none.
+
+        The source is an OCI archive, an OCI layout folder or a ``docker save`` archive;
+        ``platform`` is OS/ARCH[/VARIANT], the host's by default.
+        """
+        with self._lock, open_image_source(path) as archive:
+            targets = archive.targets(name, platform)
             job = _ImportJob()
             with self._rolled_back_on_error(job):
                 for image_name, manifest in targets:
@@ -220,7 +247,7 @@ class ImageStore:
             log.info("imported image %s (%s) from %s", record.image.name, record.image.id, path)
         return [record.image for record in job.records]
 
-    def _import_manifest(self, archive: _oci.OciArchive, name: str,
+    def _import_manifest(self, archive, name: str,
                          descriptor: _oci.Descriptor, job: _ImportJob) -> ImageRecord:
         """Store a manifest, its config and its layers, verified, and make its snapshot."""
         manifest = self._ingest_document(archive, descriptor, job)
@@ -233,9 +260,11 @@ class ImageStore:
         diff_ids = _diff_ids(image_config, len(layers), f"{archive.path}: config "
                              f"{config_descriptor.digest}")
         for layer in layers:
-            if self._content.ingest(archive.open_blob(layer), layer.digest, layer.size,
-                                    str(archive.path)):
-                job.new_blobs.append(layer.digest)
+            if self._content.exists(layer.digest):
+                continue
+            with archive.open_blob(layer) as blob:
+                if self._content.ingest(blob, layer.digest, layer.size, str(archive.path)):
+                    job.new_blobs.append(layer.digest)
 
         # An existing snapshot came from layers with these same diff ids, so it is reused.
         snapshot, size = self._ensure_snapshot(layers, diff_ids, job)
@@ -247,7 +276,7 @@ class ImageStore:
         blobs = (descriptor.digest, config_descriptor.digest, *(l.digest for l in layers))
         return ImageRecord(image=image, blobs=blobs)
 
-    def _ingest_document(self, archive: _oci.OciArchive, descriptor: _oci.Descriptor,
+    def _ingest_document(self, archive, descriptor: _oci.Descriptor,
                          job: _ImportJob) -> dict:
         data = archive.read_document(descriptor)
         document = _oci.parse_json(data, f"{archive.path}: blob {descriptor.digest}")
@@ -256,43 +285,153 @@ class ImageStore:
             job.new_blobs.append(descriptor.digest)
         return document
 
+    # Registries.
+
+    def _registry(self, registry: str, insecure: bool, ca_file: Path | None) -> RegistryClient:
+        if ca_file is None and (self._root / "certs.d" / registry / "ca.crt").is_file():
+            ca_file = self._root / "certs.d" / registry / "ca.crt"
+        credentials = load_credentials(self.auth_file, registry)
+        return RegistryClient(registry, insecure, ca_file, credentials)
+
+    def pull(self, ref: str, platform: str | None = None, insecure: bool = False,
+             ca_file: Path | None = None, progress: Progress | None = None) -> Image:
+        """Download an image (a tag or a digest) for a platform and record it under its name."""
+        remote = parse_remote(ref)
+        if platform is not None:
+            _oci.parse_platform(platform)
+        client = self._registry(remote.registry, insecure, ca_file)
+        source = _RegistrySource(client, remote, self._content)
+        body, media_type, digest = client.get_manifest(remote.repository, remote.reference)
+        source.documents[digest] = body
+        descriptor = _oci.Descriptor(media_type, digest, len(body))
+        if media_type in _oci.INDEX_TYPES:
+            chosen = _oci.resolve_platform(source, descriptor, platform)
+            body, _, _ = client.get_manifest(remote.repository, chosen.digest)
+            source.documents[chosen.digest] = body
+            descriptor = chosen
+        elif media_type not in _oci.MANIFEST_TYPES:
+            raise InvalidArgument(f"{ref} is a {media_type or 'document without a media type'}, "
+                                  "not an image manifest or index")
+
+        where = f"{remote.local_name}: manifest {descriptor.digest}"
+        manifest = _oci.parse_json(body, where)
+        config = _oci.parse_descriptor(manifest.get("config"), where)
+        layers = _oci.descriptor_list(manifest, "layers", where)
+        _check_manifest_types(config, layers, where)
+        log.info("pulling %s (%s, %d layers) from %s", remote.local_name, descriptor.digest,
+                 len(layers), remote.registry)
+        downloaded = self._download_all(client, remote.repository, [config, *layers], progress)
+
+        job = _ImportJob(new_blobs=downloaded)
+        with self._lock:
+            with self._rolled_back_on_error(job):
+                job.records.append(self._import_manifest(source, remote.local_name, descriptor, job))
+                moved = self._record(job)
+            self._collect_garbage(moved)
+        log.info("pulled image %s (%s)", remote.local_name, job.records[0].image.id)
+        return job.records[0].image
+
+    def _download_all(self, client: RegistryClient, repository: str,
+                      descriptors: list[_oci.Descriptor], progress: Progress | None) -> list[str]:
+        """Download blobs in parallel; return the new ones.  On failure, remove those new
+        ones that no image uses, and raise the first error.
+        """
+        new: list[str] = []
+        with concurrent.futures.ThreadPoolExecutor(_PARALLEL_DOWNLOADS) as pool:
+            futures = {pool.submit(client.download_blob, repository, d, self._content, progress): d
+                       for d in descriptors}
+            errors = []
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    if future.result():
+                        new.append(futures[future].digest)
+                except Exception as error:  # noqa: BLE001 - the first error is raised below
+                    errors.append(error)
+        if errors:
+            with self._lock:
+                used = {d for record in self._table.all() for d in record.blobs}
+                for digest in new:
+                    if digest not in used:
+                        self._content.delete(digest)
+            raise errors[0]
+        return new
+
+    def push(self, ref: str, insecure: bool = False, ca_file: Path | None = None,
+             progress: Progress | None = None) -> str:
+        """Upload a local image to the registry its name starts with; return the manifest digest."""
+        image = self.get(ref)
+        remote = parse_remote(image.name)
+        if remote.digest:
+            raise InvalidArgument(f"cannot push {image.name}: it is named by digest; tag it "
+                                  "first with `moor tag`")
+        client = self._registry(remote.registry, insecure, ca_file)
+        manifest_data = self._content.read(image.manifest_digest)
+        manifest = json.loads(manifest_data)
+        for digest in [manifest["config"]["digest"], *(l["digest"] for l in manifest["layers"])]:
+            if not self._content.exists(digest):
+                raise NotFound(f"blob {digest} of {image.name} is missing from the store; "
+                               "import or pull the image again")
+            client.upload_blob(remote.repository, digest, self._content.path(digest), progress)
+        media_type = manifest.get("mediaType") or _oci.MEDIA_MANIFEST
+        client.put_manifest(remote.repository, remote.tag or "latest", manifest_data, media_type)
+        log.info("pushed image %s (%s) to %s", image.name, image.manifest_digest, remote.registry)
+        return image.manifest_digest
+
+    def tag(self, source: str, target: str) -> Image:
+        """Give an image a new name, moving the name if another image had it."""
+        name = normalize_name(target)
+        with self._lock:
+            image = self.get(source)
+            record = next(r for r in self._table.all() if r.image.id == image.id
+                          and r.image.manifest_digest == image.manifest_digest)
+            new = ImageRecord(image=dataclasses.replace(record.image, name=name),
+                              blobs=record.blobs)
+            moved = self._record(_ImportJob(records=[new]))
+            self._collect_garbage(moved)
+        log.info("tagged image %s as %s", image.id, name)
+        return new.image
+
+    # Export.
+
+    def save(self, refs: list[str], target: Path) -> list[str]:
+        """Write the images ``refs`` (names or ids, with every name of an id) to an archive.
+
+        Return the names written.
+        """
+        if not refs:
+            raise InvalidArgument("no image to save; name at least one image")
+        with self._lock:
+            records = self._table.all()
+            chosen: list[ImageRecord] = []
+            for ref in refs:
+                image, by_id = self._lookup(ref)
+                for record in records:
+                    matches = record.image.id == image.id if by_id else record.image.name == image.name
+                    if matches and record not in chosen:
+                        chosen.append(record)
+            write_archive(self._content, chosen, target)
+        names = [record.image.name for record in chosen]
+        log.info("saved images %s to %s", names, target)
+        return names
+
     # Snapshots.
 
     def _ensure_snapshot(self, layers: list[_oci.Descriptor], diff_ids: list[str],
                          job: _ImportJob) -> tuple[str, int]:
-        """Return (name, size) of the snapshot of a layer stack, unpacking it if new."""
-        name = _oci.chain_id(diff_ids).removeprefix("sha256:")
-        final = self._snapshots / name
-        if final.is_dir():
-            size = self._table.snapshot_size(name)
-            return name, size if size is not None else _tree_size(final)
+        """Return (name, size) of the top snapshot of a layer stack, unpacking missing layers.
 
-        temp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=self._snapshots))
-        try:
-            size = self._unpack_layers(temp, layers, diff_ids)
-            os.rename(temp, final)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
-        job.new_snapshots.append(name)
-        return name, size
-
-    def _unpack_layers(self, temp: Path, layers: list[_oci.Descriptor],
-                       diff_ids: list[str]) -> int:
-        os.chmod(temp, 0o755)
-        with LayerUnpacker(temp) as unpacker:
-            for layer, expected in zip(layers, diff_ids):
-                actual = apply_layer_file(unpacker, self._content.path(layer.digest), layer.digest)
-                if actual != expected:
-                    raise InvalidArgument(
-                        f"layer {layer.digest} unpacks to content {actual}, but the image "
-                        f"config says {expected}; the image is corrupt")
-            return unpacker.size
-
-    def _snapshot_path(self, name: str) -> Path:
-        if _SHA256_HEX_RE.fullmatch(name) is None:
-            raise InvalidArgument(f"invalid snapshot name {name!r}")
-        return self._snapshots / name
+        Each layer has its own snapshot, named by the chain id up to it, so images that
+        share their lower layers share those snapshots.
+        """
+        parent = ""
+        for index, layer in enumerate(layers):
+            name = _oci.chain_id(diff_ids[:index + 1]).removeprefix("sha256:")
+            if not self.snapshots.exists(name):
+                self.snapshots.create(name, parent, self._content.path(layer.digest),
+                                      layer.digest, diff_ids[index])
+                job.new_snapshots.append(name)
+            parent = name
+        return parent, self.snapshots.size(parent)
 
     # Recording and garbage collection.
 
@@ -309,8 +448,8 @@ class ImageStore:
         try:
             yield
         except BaseException:
-            for snapshot in job.new_snapshots:
-                shutil.rmtree(self._snapshots / snapshot, ignore_errors=True)
+            for snapshot in reversed(job.new_snapshots):
+                self.snapshots.remove(snapshot)
             for digest in job.new_blobs:
                 self._content.delete(digest)
             log.debug("rolled back a failed import: removed %d snapshots and %d blobs",
@@ -324,24 +463,73 @@ class ImageStore:
         """
         remaining = self._table.all()
         remaining_blobs = {digest for record in remaining for digest in record.blobs}
-        remaining_snapshots = {record.image.snapshot for record in remaining}
         remaining_ids = {record.image.id for record in remaining}
 
-        for snapshot in {r.image.snapshot for r in dropped} - remaining_snapshots:
-            self._delete_snapshot(snapshot)
+        self._collect_snapshots(remaining)
         for digest in {d for r in dropped for d in r.blobs} - remaining_blobs:
             self._content.delete(digest)
         return sorted({r.image.id for r in dropped} - remaining_ids)
 
-    def _delete_snapshot(self, name: str) -> None:
-        """Rename a snapshot out of the way first, so that a crash never leaves half of one."""
-        path = self._snapshot_path(name)
-        if not path.exists():
-            return
-        doomed = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=self._snapshots))
-        os.rename(path, doomed / name)
-        shutil.rmtree(doomed)
-        log.info("removed snapshot %s", name)
+    def _collect_snapshots(self, remaining: list[ImageRecord]) -> list[str]:
+        """Remove the snapshots that neither an image nor a container root uses."""
+        keep = {record.image.snapshot for record in remaining} | self._snapshots_in_roots()
+        return self.snapshots.collect(keep)
+
+    def _snapshots_in_roots(self) -> set[str]:
+        """Return the snapshots that the overlay roots of existing containers stack."""
+        used = set()
+        for dest in self.container_roots():
+            used.update(path.name for path in _overlay.lower_folders(dest))
+        return used
+
+    # Garbage collection and disk use.
+
+    def prune(self, unused_images: bool = False,
+              used_image_ids: set[str] | None = None) -> dict:
+        """Remove snapshots and blobs that nothing uses; with ``unused_images``, also the
+        images no container uses.  Return what was removed and the bytes reclaimed.
+        """
+        with self._lock:
+            before = self._disk_bytes()
+            removed_names: list[str] = []
+            deleted_ids: list[str] = []
+            if unused_images:
+                used = used_image_ids or set()
+                dropped = [r for r in self._table.all() if r.image.id not in used]
+                self._table.delete([r.image.name for r in dropped])
+                removed_names = [r.image.name for r in dropped]
+                deleted_ids = self._collect_garbage(dropped)
+            snapshots = self._collect_snapshots(self._table.all())
+            self._remove_unused_blobs()
+            reclaimed = max(0, before - self._disk_bytes())
+        log.info("pruned images: removed %d names and %d snapshots, reclaimed %d bytes",
+                 len(removed_names), len(snapshots), reclaimed)
+        return {"untagged": removed_names, "deleted": deleted_ids, "snapshots": snapshots,
+                "reclaimed": reclaimed}
+
+    def _disk_bytes(self) -> int:
+        return tree_size(self.snapshots.folder) + tree_size(self._content.blob_dir)
+
+    def disk_usage(self) -> dict:
+        """Return counts and bytes of images, snapshots and blobs, and what prune could free."""
+        with self._lock:
+            records = self._table.all()
+            snapshots = self.snapshots.records()
+            keep = {r.image.snapshot for r in records} | self._snapshots_in_roots()
+            kept = {n for top in keep if top in snapshots for n in self.snapshots.chain(top)}
+            used_blobs = {d.removeprefix("sha256:") for r in records for d in r.blobs}
+            blob_sizes = {p.name: p.stat().st_size for p in self._content.blob_dir.iterdir()}
+        return {
+            "images": len(records),
+            "image_ids": len({r.image.id for r in records}),
+            "snapshots": len(snapshots),
+            "snapshot_bytes": sum(s.size for s in snapshots.values()),
+            "snapshot_reclaimable": sum(s.size for n, s in snapshots.items() if n not in kept),
+            "blobs": len(blob_sizes),
+            "blob_bytes": sum(blob_sizes.values()),
+            "blob_reclaimable": sum(v for k, v in blob_sizes.items() if k not in used_blobs),
+            "snapshotter": self.snapshots.kind,
+        }
 
     # Removal.
 
@@ -406,34 +594,16 @@ class ImageStore:
         With overlayfs the root is a mount whose lower layer is the shared
         snapshot; otherwise it is a private copy of the snapshot.
         """
-        snapshot = self._snapshot_path(image.snapshot)
-        if not snapshot.is_dir():
+        if not self.snapshots.exists(image.snapshot):
             raise NotFound(
-                f"snapshot {image.snapshot} of image {image.name} is missing; remove the image "
-                "with `moor image rm` and import it again")
+                f"snapshot {image.snapshot} of image {image.name} is missing (made by another "
+                "snapshotter, or lost); remove the image with `moor image rm` and import it again")
         if os.path.lexists(dest):
             raise AlreadyExists(f"container root {dest} already exists; remove it first")
 
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if self._overlay_enabled():
-            try:
-                _overlay.prepare(snapshot, dest)
-            except BaseException:
-                self.remove_rootfs(dest)
-                raise
-            return
-        temp = Path(tempfile.mkdtemp(prefix=f".{dest.name}{_TEMP_PREFIX}", dir=dest.parent))
-        try:
-            _copy_tree(snapshot, temp)
-            os.rename(temp, dest)
-        except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise
-
-    def _overlay_enabled(self) -> bool:
-        if self._use_overlay is None:
-            self._use_overlay = _overlay.supported(self._root / "tmp")
-        return self._use_overlay
+        with self._lock:
+            self.snapshots.prepare_root(image.snapshot, dest)
 
     def mount_rootfs(self, dest: Path) -> None:
         """Mount an overlay container root before its container starts; copies need nothing."""
@@ -499,7 +669,7 @@ def _check_manifest_types(config: _oci.Descriptor, layers: list[_oci.Descriptor]
         if layer.media_type not in _oci.LAYER_TYPES:
             raise InvalidArgument(
                 f"{where}: layer {layer.digest} has the unsupported media type {layer.media_type}; "
-                "only tar and gzip-compressed tar layers can be imported")
+                "only plain tar layers and tar layers compressed with gzip or zstd can be imported")
 
 
 def _diff_ids(image_config: dict, count: int, where: str) -> list[str]:
@@ -515,28 +685,6 @@ def _diff_ids(image_config: dict, count: int, where: str) -> list[str]:
 def _descriptor_json(descriptor: _oci.Descriptor) -> dict:
     return {"mediaType": descriptor.media_type, "digest": descriptor.digest,
             "size": descriptor.size}
-
-
-def _tree_size(path: Path) -> int:
-    """Add up the sizes of the regular files below ``path``."""
-    total = 0
-    for directory, _, files in os.walk(path):
-        for name in files:
-            st = os.lstat(os.path.join(directory, name))
-            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
-    return total
-
-
-def _copy_tree(source: Path, target: Path) -> None:
-    """Copy a tree into the empty folder ``target`` with ``cp -a``, root folder metadata included.
-
-    ``cp -a`` keeps hard links, symlinks, owners, modes, extended attributes, device
-    nodes and times, and ``--reflink=auto`` shares data blocks where the filesystem can.
-    """
-    command = ["cp", "-a", "--reflink=auto", "--", f"{source}/.", str(target)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise MoorError(f"failed to copy snapshot {source} to {target}: {result.stderr.strip()}")
 
 
 def _mounts_under(path: Path) -> list[str]:

@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import stat
+import subprocess
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -28,17 +29,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from shim.protocol import InvalidArgument, MoorError
+from shim.protocol import FailedPrecondition, InvalidArgument, MoorError
 
 log = logging.getLogger(__name__)
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
+OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 XATTR_PAX_PREFIX = "SCHILY.xattr."
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
+_NAME_MAX = 255
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -90,15 +93,8 @@ class _HashingReader:
 
 
 def apply_layer_file(unpacker: LayerUnpacker, path: Path, layer: str) -> str:
-    """Apply a layer blob, gzip-compressed or plain, and return the diff id of its tar."""
-    with open(path, "rb") as raw:
-        magic = raw.peek(4)[:4]
-        if magic == _ZSTD_MAGIC:
-            raise InvalidArgument(
-                f"layer {layer} is compressed with zstd, which is not supported; "
-                "convert the image to gzip-compressed layers")
-
-        source = gzip.GzipFile(fileobj=raw) if magic[:2] == _GZIP_MAGIC else raw
+    """Apply a layer blob, plain or compressed with gzip or zstd; return the diff id of its tar."""
+    with open(path, "rb") as raw, _decompressed(raw, layer) as source:
         reader = _HashingReader(source)
         try:
             with tarfile.open(fileobj=reader, mode="r|", errors="surrogateescape") as tar:
@@ -107,6 +103,42 @@ def apply_layer_file(unpacker: LayerUnpacker, path: Path, layer: str) -> str:
         except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
             raise InvalidArgument(f"layer {layer} is not a valid tar archive: {error}") from error
     return reader.digest()
+
+
+@contextlib.contextmanager
+def _decompressed(raw: BinaryIO, layer: str) -> Iterator[BinaryIO]:
+    """Yield the tar stream of a layer blob, found by the magic bytes at its start.
+
+    zstd goes through the ``zstd`` command of the host, so that no Python binding is needed.
+    """
+    magic = raw.peek(4)[:4]
+    raw.seek(0)
+    if magic[:2] == _GZIP_MAGIC:
+        yield gzip.GzipFile(fileobj=raw)
+        return
+    if magic != _ZSTD_MAGIC:
+        yield raw
+        return
+
+    # The child reads the file descriptor itself, from the start of the file.
+    os.lseek(raw.fileno(), 0, os.SEEK_SET)
+    try:
+        process = subprocess.Popen(["zstd", "-d", "-c", "-q"], stdin=raw, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+    except FileNotFoundError:
+        raise FailedPrecondition(
+            f"layer {layer} is compressed with zstd, but the zstd command is missing; "
+            "install the zstd package") from None
+    try:
+        yield process.stdout
+        process.stdout.read()
+    finally:
+        process.stdout.close()
+        stderr = process.stderr.read().decode(errors="replace").strip()
+        process.stderr.close()
+        code = process.wait()
+    if code != 0:
+        raise InvalidArgument(f"layer {layer} is not valid zstd data: {stderr or f'exit {code}'}")
 
 
 @dataclass
@@ -123,14 +155,24 @@ class _LayerState:
 class LayerUnpacker:
     """Applies layers, in order, onto one private snapshot folder that no one else writes."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, lowers: list[Path] | None = None):
+        """Unpack onto ``root``; with ``lowers`` (topmost first), write an overlayfs diff instead.
+
+        In diff mode ``root`` receives only the layer's own entries: whiteouts become
+        overlayfs whiteouts (0/0 character devices and the opaque extended attribute),
+        and the lower folders are only read, to refuse paths through their symbolic links.
+        """
         self._root_fd = os.open(root, _DIR_FLAGS)
+        self._diff_mode = lowers is not None
+        self._lower_fds = [os.open(lower, _DIR_FLAGS) for lower in lowers or ()]
         self.size = 0
 
     def close(self) -> None:
-        if self._root_fd >= 0:
-            os.close(self._root_fd)
-            self._root_fd = -1
+        for fd in [self._root_fd, *self._lower_fds]:
+            if fd >= 0:
+                os.close(fd)
+        self._root_fd = -1
+        self._lower_fds = []
 
     def __enter__(self) -> LayerUnpacker:
         return self
@@ -200,6 +242,12 @@ class LayerUnpacker:
         except FileNotFoundError:
             if not create:
                 raise
+            if self._lower_kind(prefix) == "symlink":
+                raise InvalidArgument(
+                    f"layer {state.layer}: {subject} lies under {'/'.join(prefix)!r}, which is a "
+                    "symbolic link in a lower layer that could lead outside the image; the import "
+                    "is rejected, so rebuild the image without paths through symbolic links"
+                ) from None
             os.mkdir(component, 0o755, dir_fd=fd)
             child = os.open(component, _DIR_FLAGS, dir_fd=fd)
             os.fchmod(child, 0o755)
@@ -285,7 +333,11 @@ class LayerUnpacker:
 
     def _create_hardlink(self, member: tarfile.TarInfo, parent_fd: int, name: str,
                          state: _LayerState) -> None:
-        """Link to the target entry itself: its last component is never resolved."""
+        """Link to the target entry itself: its last component is never resolved.
+
+        NOTE: in overlayfs diff mode the target must be in the same layer, so a hard link
+        to a lower layer's file is rejected there while the copy snapshotter accepts it.
+        """
         target = split_entry_name(member.linkname, state.layer, "hard link target")
         if not target:
             raise InvalidArgument(
@@ -344,6 +396,10 @@ class LayerUnpacker:
             return
 
         hidden = parts[-1][len(WHITEOUT_PREFIX):]
+        if len(hidden.encode("utf-8", "surrogateescape")) > _NAME_MAX:
+            raise InvalidArgument(
+                f"layer {state.layer}: whiteout {member.name!r} names an entry longer than "
+                f"{_NAME_MAX} bytes, which no filesystem can hold; the layer is invalid")
         if hidden.startswith(WHITEOUT_PREFIX):
             log.debug("layer %s: ignoring whiteout metadata entry %r", state.layer, member.name)
             return
@@ -353,7 +409,37 @@ class LayerUnpacker:
                 "the layer is invalid")
         state.whiteouts.append((parts[:-1] + (hidden,), member.name))
 
+    def _lower_kind(self, parts: tuple[str, ...]) -> str | None:
+        """Return "symlink", "folder", "other" or None for a path of the lower layers' view.
+
+        Each lower folder is searched from the top, walking without following links; an
+        overlayfs whiteout or an opaque folder on the way hides the layers below it.
+        """
+        for lower_fd in self._lower_fds:
+            fd = os.dup(lower_fd)
+            try:
+                for component in parts[:-1]:
+                    child = os.open(component, _DIR_FLAGS, dir_fd=fd)
+                    os.close(fd)
+                    fd = child
+                st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError, OSError):
+                if _is_opaque(fd):
+                    return None
+                continue
+            finally:
+                os.close(fd)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                return None
+            if stat.S_ISLNK(st.st_mode):
+                return "symlink"
+            return "folder" if stat.S_ISDIR(st.st_mode) else "other"
+        return None
+
     def _apply_whiteouts(self, state: _LayerState) -> None:
+        if self._diff_mode:
+            self._write_overlay_whiteouts(state)
+            return
         for parts, entry in state.whiteouts:
             if parts not in state.present:
                 self._remove_lower(parts, entry, state)
@@ -363,6 +449,22 @@ class LayerUnpacker:
 
         for parts in state.opaque_dirs:
             self._clear_lower(parts, state)
+
+    def _write_overlay_whiteouts(self, state: _LayerState) -> None:
+        """Turn the layer's whiteouts into overlayfs ones in this layer's own folder."""
+        for parts, entry in state.whiteouts:
+            subject = f"whiteout {entry!r}"
+            with self._open_dir(parts[:-1], subject, state, create=True) as parent_fd:
+                if parts not in state.present:
+                    os.mknod(parts[-1], stat.S_IFCHR | 0o600, 0, dir_fd=parent_fd)
+                elif stat.S_ISDIR(os.stat(parts[-1], dir_fd=parent_fd,
+                                          follow_symlinks=False).st_mode):
+                    # The folder is whited out and added again: hide what lies below it.
+                    _set_opaque_at(parent_fd, parts[-1])
+
+        for parts in state.opaque_dirs:
+            with self._open_dir(parts, f"folder {'/'.join(parts)!r}", state, create=True) as fd:
+                os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
 
     def _remove_lower(self, parts: tuple[str, ...], entry: str, state: _LayerState) -> None:
         try:
@@ -398,6 +500,21 @@ class LayerUnpacker:
             except (FileNotFoundError, InvalidArgument):
                 log.debug("layer %s: folder %s was replaced, mtime not restored",
                           state.layer, "/".join(parts))
+
+
+def _is_opaque(fd: int) -> bool:
+    try:
+        return os.getxattr(fd, OVERLAY_OPAQUE_XATTR) == b"y"
+    except OSError:
+        return False
+
+
+def _set_opaque_at(parent_fd: int, name: str) -> None:
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        os.setxattr(fd, OVERLAY_OPAQUE_XATTR, b"y")
+    finally:
+        os.close(fd)
 
 
 def _remove_entry(parent_fd: int, name: str) -> None:
