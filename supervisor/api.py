@@ -100,7 +100,7 @@ class Api:
 
     async def op_run(self, request, stream):
         """Create and start; with ``attach``, stream output and return the exit code."""
-        container = await self.manager.create(request)
+        container = await self.manager.create(request, starting=True)
         if not request.get("attach"):
             await self._start_cleaning_up(container, request)
             return {"id": container.id, "name": container.record.name}

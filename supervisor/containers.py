@@ -154,8 +154,12 @@ class Manager:
 
     # -- create ---------------------------------------------------------------
 
-    async def create(self, request: dict) -> Container:
-        """Record a new container and prepare its root filesystem; start nothing."""
+    async def create(self, request: dict, starting: bool = False) -> Container:
+        """Record a new container and prepare its root filesystem; start nothing.
+
+        ``starting`` says that a start follows at once, so an overlay root
+        stays mounted for it instead of being unmounted and mounted again.
+        """
         from supervisor import ocispec
 
         name = names.check_name(request["name"]) if request.get("name") else None
@@ -175,7 +179,8 @@ class Manager:
         rootfs = self.folder(container_id) / "rootfs"
         try:
             spec = await self._prepare(image, options, container_id, rootfs, request.get("spec"))
-            await asyncio.to_thread(self.images.unmount_rootfs, rootfs)
+            if not starting:
+                await asyncio.to_thread(self.images.unmount_rootfs, rootfs)
         except BaseException:
             await asyncio.to_thread(self._remove_folder, container_id)
             raise
@@ -658,6 +663,9 @@ class Manager:
             await self._mark_vanished(container, rebooted)
         elif rebooted and record.status == "exited":
             await self._start_after_boot(container)
+        elif record.status == "created":
+            # `moor run` keeps the new root mounted for its start; a moord that died in between left it so.
+            await asyncio.to_thread(self.images.unmount_rootfs, self.folder(container.id) / "rootfs")
 
     def _shim_alive(self, record: ContainerRecord) -> bool:
         start_time = process_start_time(record.shim_pid)
