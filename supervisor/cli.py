@@ -110,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     image_rm.add_argument("images", nargs="+", metavar="IMAGE")
     sub.add_parser("images", help="list images (same as `image ls`)")
 
+    plugin = sub.add_parser("plugin", help="manage moord's plugins")
+    plugin_sub = plugin.add_subparsers(dest="plugin_command", required=True, metavar="COMMAND")
+    plugin_ls = plugin_sub.add_parser("ls", help="list plugins with their version, state and hooks")
+    plugin_ls.add_argument("--format", choices=("table", "json"), default="table")
+
     sub.add_parser("version", help="print client and moord versions")
     sub.add_parser("info", help="print moord's settings and counts")
     return parser
@@ -376,6 +381,25 @@ def _image_ls(client, quiet: bool) -> int:
 
 def cmd_images(client, args) -> int:
     return _image_ls(client, False)
+
+
+def cmd_plugin(client, args) -> int:
+    plugins = client.call("plugin_ls", timeout=10)
+    if args.format == "json":
+        print(json.dumps(plugins, indent=2))
+        return 0
+    rows = [("NAME", "VERSION", "STATE", "ERRORS", "SOURCE", "HOOKS")]
+    for item in plugins:
+        hooks = ",".join(hook.removeprefix("moorage_") for hook in item["hooks"])
+        rows.append((item["name"], item["version"] or "-", item["state"], str(item["errors"]), item["source"],
+                     hooks or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for item in plugins:
+        if item["error"]:
+            print(f"{item['name']}: {item['error']}", file=sys.stderr)
+    return 0
 
 
 def cmd_version(client, args) -> int:

@@ -246,8 +246,22 @@ class Manager:
 
     async def _start_task(self, container: Container) -> int:
         record = container.record
+        try:
+            spec, adjusted_by = await self.plugins.adjust_spec(container.id, record.spec, _plugin_options(record))
+        except StartFailed as exc:
+            record.exit_reason = exc.message
+            self.store.save(record)
+            raise
+        try:
+            return await self._create_task(container, spec)
+        except BaseException:
+            await self.plugins.undo("moorage_release_spec", adjusted_by, container.id)
+            raise
+
+    async def _create_task(self, container: Container, spec: dict) -> int:
+        record = container.record
         folder = self.shim_folder(container.id)
-        await asyncio.to_thread(self._write_bundle, folder, record.spec)
+        await asyncio.to_thread(self._write_bundle, folder, spec)
         await asyncio.to_thread(self.images.mount_rootfs, self.folder(container.id) / "rootfs")
         record.task_gen += 1
         config = ShimConfig(
@@ -327,8 +341,7 @@ class Manager:
     def _deliver_output(self, container: Container, generation: int, outputs: list[dict]) -> None:
         main = [r for r in outputs if not r.get("exec")]
         if main:
-            self.plugins.hook.moorage_container_output(container_id=container.id, generation=generation,
-                                                        records=main)
+            self.plugins.output(container.id, generation, main)
             for queue in list(container.listeners):
                 queue.put_nowait(("output", generation, main))
         for record in outputs:
@@ -346,6 +359,9 @@ class Manager:
                 session.queue.put_nowait(("exit", record["code"], record["signal"]))
             self.events.publish(protocol.TOPIC_TASK_EXEC_EXIT, container.id, exec_id=record.get("exec"),
                                 exit_code=record["code"], exited_at=record["at"])
+        elif kind == protocol.RECORD_OOM:
+            log.warning("container %s: the OOM killer acted in its cgroup", container.id)
+            self.events.publish(protocol.TOPIC_TASK_OOM, container.id, name=container.record.name)
         elif kind == protocol.RECORD_LOSS:
             # Saved with the record's sequence number, so a replay never counts it twice.
             container.record.lost_bytes += record["bytes"]
@@ -516,7 +532,6 @@ class Manager:
     async def _forget(self, container: Container) -> None:
         record = container.record
         await asyncio.to_thread(self._remove_folder, container.id)
-        self.plugins.hook.moorage_container_removed(container_id=container.id)
         self.store.delete(container.id)
         self.containers.pop(container.id, None)
         container.changed.set()
@@ -670,6 +685,11 @@ def _reject_options_with_spec(options) -> None:
     if given:
         raise InvalidArgument(f"--spec cannot be combined with {', '.join(given)}: put the process, mounts "
                               "and limits in the spec file instead")
+
+
+def _plugin_options(record: ContainerRecord) -> dict:
+    """Return what ``moorage_adjust_spec`` receives as ``options``."""
+    return dict(record.options, name=record.name, image=record.image, labels=dict(record.labels))
 
 
 def parse_signal(value) -> int:
