@@ -42,6 +42,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-signal", help="signal that `moor stop` sends (default: the image's or SIGTERM)")
     parser.add_argument("--stop-timeout", type=int, help="seconds `moor stop` waits before SIGKILL (default 10)")
     parser.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="set a label")
+    parser.add_argument("--health-cmd", help="command line run in the container (with /bin/sh -c) to check its "
+                                             "health; exit 0 means healthy")
+    parser.add_argument("--health-interval", help="time between checks, for example 30s or 1m (default 30s)")
+    parser.add_argument("--health-timeout", help="time one check may take before it counts as failed (default 30s)")
+    parser.add_argument("--health-retries", type=int, help="failures in a row that make it unhealthy (default 3)")
+    parser.add_argument("--health-start-period", help="time after start in which failures do not count (default 0s)")
+    parser.add_argument("--health-on-failure", choices=("none", "kill", "stop", "restart"),
+                        help="what to do when the container becomes unhealthy (default none)")
+    parser.add_argument("--no-healthcheck", action="store_true", help="disable the image's health check")
     parser.add_argument("--spec", help="use this OCI config.json instead of generating one (root.path is replaced)")
     parser.add_argument("image", help="image name, for example busybox")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments (default: the image's)")
@@ -148,6 +157,10 @@ def _run_request(args) -> dict:
                "labels": labels, "stop_signal": args.stop_signal}
     if args.stop_timeout is not None:
         request["stop_timeout"] = args.stop_timeout
+    health = {"cmd": args.health_cmd, "interval": args.health_interval, "timeout": args.health_timeout,
+              "retries": args.health_retries, "start_period": args.health_start_period,
+              "on_failure": args.health_on_failure, "disabled": args.no_healthcheck}
+    request["health"] = {key: value for key, value in health.items() if value not in (None, False)}
     if args.spec:
         from supervisor.ocispec import load_spec_file
         from pathlib import Path
@@ -178,7 +191,10 @@ def _ago(ts: float) -> str:
 def _status_text(item: dict) -> str:
     status = item["status"]
     if status == "running":
-        return f"Up {_ago(item['started_at'])}"
+        health = item.get("health")
+        if health == "starting":
+            return f"Up {_ago(item['started_at'])} (health: starting)"
+        return f"Up {_ago(item['started_at'])}" + (f" ({health})" if health else "")
     if status == "exited":
         return f"Exited ({item['exit_code']}) {_ago(item['finished_at'])} ago"
     if status == "restarting":

@@ -34,7 +34,7 @@ from shim import protocol
 from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, MoorError, NotFound,
                            StartFailed, Unavailable)
 from shim.service import ShimConfig
-from supervisor import names, restart
+from supervisor import health, names, restart
 from supervisor.config import DaemonConfig
 from supervisor.events import EventBus
 from supervisor.shims import Launcher, ShimClient, process_start_time
@@ -78,6 +78,7 @@ class Container:
         self.restart_handle: asyncio.TimerHandle | None = None
         self.failures_in_a_row = 0
         self.stopping = False
+        self.health = None   # supervisor.health.HealthState while the task has a health check
 
     @property
     def id(self) -> str:
@@ -164,6 +165,7 @@ class Manager:
             _reject_options_with_spec(options)
         options.validate()
         image = await asyncio.to_thread(self._resolve_image, request["image"])
+        healthcheck = health.resolve(image.config.get("Healthcheck"), request.get("health"))
 
         container_id = names.new_id()
         name = name or names.new_name(taken)
@@ -177,7 +179,7 @@ class Manager:
 
         record = ContainerRecord(
             id=container_id, name=name, image=image.name, image_id=image.id, spec=spec,
-            options=self._stored_options(request, image), labels=dict(request.get("labels") or {}),
+            options=dict(self._stored_options(request, image), health=healthcheck), labels=dict(request.get("labels") or {}),
             restart_policy=str(policy), boot_id=self.boot_id)
         self.store.insert(record)
         container = Container(record)

@@ -21,6 +21,7 @@ from supervisor import config as daemon_config
 from supervisor.api import Api
 from supervisor.containers import Manager
 from supervisor.events import EventBus
+from supervisor.health import HealthMonitor
 from supervisor.pluginhost import PluginHost
 from supervisor.shims import Launcher
 from supervisor.store import Store
@@ -90,9 +91,11 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     images = ImageStore(config.root, config.db_path, config.snapshotter)
     manager = Manager(config, store, images, events, plugins, launcher, context,
                       nofile_limits=rlimits[resource.RLIMIT_NOFILE])
+    health = HealthMonitor(manager, plugins, events)
     await plugins.startup(config)
 
     await manager.restore()
+    health.resume()
     api = Api(manager, context, config.api_socket, VERSION)
     log.info("moord %s serving on %s (root %s)", VERSION, config.api_socket, config.root)
     stop = asyncio.Event()
@@ -104,6 +107,7 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     await stop.wait()
     log.info("moord stopping; containers keep running")
     server.cancel()
+    health.close()
     manager.close()
     await plugins.shutdown()
     await launcher.stop()
