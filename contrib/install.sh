@@ -19,6 +19,11 @@ command -v runc >/dev/null 2>&1 || missing="$missing runc"
 [ -x /bin/busybox ] || missing="$missing busybox-static"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
 command -v python3 >/dev/null 2>&1 || missing="$missing python3"
+# For contrib/events-consumer/moor-events.c and its test: a C compiler, libzmq and msgpack-c.
+command -v cc >/dev/null 2>&1 || missing="$missing gcc"
+command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
+[ -f /usr/include/zmq.h ] || missing="$missing libzmq3-dev"
+[ -f /usr/include/msgpack.h ] || missing="$missing libmsgpack-dev"
 if [ -n "$missing" ]; then
     echo "install.sh: installing$missing with apt-get"
     apt-get update -qq
