@@ -18,7 +18,7 @@ install and configure one.  Every hook below states four things:
   ``tryfirst=True`` implementations run before and ``trylast=True`` after
   all others.  Built-in plugins are registered first, then installed ones
   in the order of their names, so an installed plugin runs before a
-  built-in one unless it asks for ``trylast``.
+  built-in one unless it is marked ``trylast``.
 
 Isolation (the host is ``supervisor.pluginhost``): an exception in any hook
 is logged with the container id and published as a ``plugin.error`` event.
@@ -103,10 +103,10 @@ def moorage_network_setup(container_id: str, netns: str, network: str, options: 
     ``netns`` is the path of the namespace (a bind mount under the state
     folder), ``network`` the network name the user asked for and
     ``options`` the container's network options.  Return a dict of what was
-    set up (addresses, interfaces, ports); moord stores it and shows it in
-    ``inspect``.  Raising vetoes the start: moord calls
-    ``moorage_network_teardown`` of every plugin that already set up, in
-    reverse order.
+    set up (addresses, interfaces, ports), or None.  Raising vetoes the
+    start: the caller undoes it with ``PluginHost.run_required``, which
+    calls ``moorage_network_teardown`` of every plugin that already set up,
+    in reverse order.
     """
 
 
@@ -208,7 +208,7 @@ def moorage_collect_metrics(container_id: str, cgroup_path: str, pid: int) -> di
 
     ``cgroup_path`` is the container's cgroup relative to each hierarchy's
     mount point (``/moorage/ID``) and ``pid`` its init's pid on the host.
-    moord merges the dicts of every plugin, later plugins in call order
-    overriding earlier ones; a plugin that raises or times out is left out
-    of that sample.
+    moord merges the dicts of every plugin, and later plugins in call order
+    override earlier ones.  A plugin that raises or times out is left out of
+    that sample.
     """

@@ -5,7 +5,7 @@ entry-point group of installed Python packages.  ``[plugins.NAME]`` tables
 of the config file enable or disable each one and give it options.
 
 Calls go through one of four paths, chosen by the hook (its docstring in
-``supervisor.hookspecs`` says which):
+``supervisor.hookspecs`` names the kind):
 
 * ``run_required``: blocking hooks that may veto an action; on the first
   failure the matching undo hook runs for the plugins that already ran.
@@ -72,7 +72,7 @@ class PluginFailure(Exception):
 
 @dataclass
 class PluginInfo:
-    """What ``moor plugin ls`` shows about one plugin."""
+    """A loaded, disabled or failed plugin, as ``moor plugin ls`` lists it."""
 
     name: str
     version: str

@@ -75,8 +75,8 @@ class StampPlugin:
     def moorage_health_result(self, container_id: str, status: str) -> None:
         self._journal("health", container_id, status=status)
 
-    def _journal(self, what: str, container_id: str, **details) -> None:
-        line = json.dumps({"ts": time.time(), "event": what, "id": container_id, **details})
+    def _journal(self, event: str, container_id: str, **details) -> None:
+        line = json.dumps({"ts": time.time(), "event": event, "id": container_id, **details})
         with self.lock, open(self.folder / "journal.jsonl", "a") as handle:
             handle.write(line + "\n")
             handle.flush()
