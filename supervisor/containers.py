@@ -362,6 +362,7 @@ class Manager:
             self.events.publish(protocol.TOPIC_TASK_EXEC_EXIT, container.id, exec_id=record.get("exec"),
                                 exit_code=record["code"], exited_at=record["at"])
         elif kind == protocol.RECORD_OOM:
+            # TODO: the shim does not watch the cgroup's OOM events yet, so no such record arrives.
             log.warning("container %s: the OOM killer acted in its cgroup", container.id)
             self.events.publish(protocol.TOPIC_TASK_OOM, container.id, name=container.record.name)
         elif kind == protocol.RECORD_LOSS:

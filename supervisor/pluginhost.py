@@ -115,7 +115,7 @@ class PluginHost:
         """Register the enabled built-ins, then installed plugins by name, and configure each."""
         for name, factory in BUILTINS.items():
             info = PluginInfo(name, self.version, "builtin")
-            await self._add(info, lambda factory=factory: factory(self.config))
+            await self.add(info, lambda factory=factory: factory(self.config))
 
         for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             if entry_point.name in self.infos:
@@ -124,12 +124,13 @@ class PluginHost:
                 continue
             dist = entry_point.dist
             info = PluginInfo(entry_point.name, dist.version if dist else "", f"entry point {entry_point.value}")
-            await self._add(info, lambda entry_point=entry_point: _instantiate(entry_point.load()))
+            await self.add(info, lambda entry_point=entry_point: _instantiate(entry_point.load()))
 
         for name in sorted(set(self.config.plugins) - set(self.infos)):
             log.warning("config has [plugins.%s] but no such plugin is installed", name)
 
-    async def _add(self, info: PluginInfo, make) -> None:
+    async def add(self, info: PluginInfo, make) -> None:
+        """Register the plugin that ``make()`` returns, unless the config disables it, and configure it."""
         self.infos[info.name] = info
         settings = dict(self.config.plugins.get(info.name, {}))
         if not settings.pop("enabled", True):
@@ -234,11 +235,21 @@ class PluginHost:
                               "changed root.path or linux.cgroupsPath, which moord owns")
         return adjusted, [name for name, _ in done]
 
+    async def network_setup(self, container_id: str, netns: str, network: str, options: dict) -> list[tuple[str, object]]:
+        """Set up the network through every plugin; on a failure tear down those that ran and raise StartFailed."""
+        return await self.run_required("moorage_network_setup", "moorage_network_teardown", container_id,
+                                       netns=netns, network=network, options=options)
+
+    async def network_teardown(self, container_id: str, netns: str, network: str) -> None:
+        """Tear down the network through every plugin, in reverse call order; failures are only reported."""
+        names = [impl.plugin_name for impl in self._ordered("moorage_network_teardown")]
+        await self.undo("moorage_network_teardown", names, container_id, netns=netns, network=network)
+
     async def collect_metrics(self, container_id: str, cgroup_path: str, pid: int) -> dict:
         """Merge the metrics of every plugin; later plugins in call order override earlier ones."""
         merged: dict = {}
         for _, result in await self.call_each("moorage_collect_metrics", container_id,
-                                              container_id=container_id, cgroup_path=cgroup_path, pid=pid):
+                                              cgroup_path=cgroup_path, pid=pid):
             if isinstance(result, dict):
                 merged.update(result)
         return merged
