@@ -1,4 +1,4 @@
-"""The plugin host: loads plugins and calls their hooks so that none can crash or stall moord.
+"""The plugin host: loads plugins and calls their hooks so that none can crash moord.
 
 Plugins come from two places: the built-ins below and the ``moorage.plugins``
 entry-point group of installed Python packages.  ``[plugins.NAME]`` tables

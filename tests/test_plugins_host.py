@@ -19,7 +19,7 @@ from supervisor.pluginhost import PluginHost, PluginInfo
 
 
 class Network:
-    """Records setup and teardown calls in a shared list; fails setup when told to."""
+    """Record setup and teardown calls in a shared list; setup raises or hangs as configured."""
 
     def __init__(self, name: str, calls: list, fail: bool = False, hang: bool = False):
         self.name = name
