@@ -64,7 +64,7 @@ def parse_duration(value, option: str) -> float:
 
 
 def _test_from_image(test) -> list[str] | None:
-    """Return the image's check as a command, [] for NONE, or None when it inherits."""
+    """Return the image's check as a command, [] for NONE, or None when the image sets no check."""
     if not test:
         return None
     kind, args = test[0], list(test[1:])
@@ -209,6 +209,14 @@ class HealthMonitor:
         self.tasks.clear()
 
     async def _run(self, container) -> None:
+        try:
+            await self._check_while_running(container)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("container %s: health checks stopped by an internal error", container.id)
+
+    async def _check_while_running(self, container) -> None:
         check = container.record.options["health"]
         while container.record.status == "running":
             await asyncio.sleep(check["interval"])

@@ -99,7 +99,11 @@ def test_plugin_builtin_can_be_disabled(moord_factory, site):
      "    @hookimpl\n    def moorage_task_startd(self, container_id):\n        pass\n", "moorage_task_startd"),
     ("from supervisor.hookspecs import hookimpl\nclass Plugin:\n"
      "    @hookimpl\n    def moorage_configure(self, options):\n        raise ValueError('bad option')\n", "bad option"),
-], ids=["import-error", "unknown-hook", "configure-raises"])
+    ("from supervisor.hookspecs import hookimpl\nclass Plugin:\n"
+     "    @hookimpl\n    def moorage_startup(self, config):\n        raise OSError('no database')\n", "no database"),
+    ("from supervisor.hookspecs import hookimpl\nclass Plugin:\n"
+     "    @hookimpl\n    def moorage_task_started(self, container_id, colour):\n        pass\n", "colour"),
+], ids=["import-error", "unknown-hook", "configure-raises", "startup-raises", "unknown-argument"])
 def test_plugin_broken_marked_failed(moord_factory, site, source, message):
     install_plugin(site, "broken", source)
     moord = start_with_plugins(moord_factory, site)
@@ -164,6 +168,27 @@ def test_plugin_hanging_observer_times_out(moord_factory, site):
     assert second.stdout == b"not stalled\n"
     assert "skipped" in skipped["payload"]["error"]
     moord.moor("rm", "-f", container_id)
+
+
+HANGING_SHUTDOWN = '''
+    import threading
+    from supervisor.hookspecs import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def moorage_shutdown(self):
+            threading.Event().wait(3600)
+'''
+
+
+def test_plugin_hanging_shutdown_not_stalling(moord_factory, site):
+    install_plugin(site, "slowstop", HANGING_SHUTDOWN)
+    moord = start_with_plugins(moord_factory, site, "", "--plugin-timeout", "1")
+
+    moord.stop()
+
+    assert moord.process.returncode == 0
+    assert "moord stopped" in (moord.root / "moord.log").read_text()
 
 
 ENV_ADDER = '''
