@@ -24,6 +24,11 @@ command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 command -v htpasswd >/dev/null 2>&1 || missing="$missing apache2-utils"
 [ -x /usr/bin/docker-registry ] || missing="$missing docker-registry"
 command -v python3 >/dev/null 2>&1 || missing="$missing python3"
+# For contrib/events-consumer/moor-events.c and its test: a C compiler, libzmq and msgpack-c.
+command -v cc >/dev/null 2>&1 || missing="$missing gcc"
+command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
+[ -f /usr/include/zmq.h ] || missing="$missing libzmq3-dev"
+[ -f /usr/include/msgpack.h ] || missing="$missing libmsgpack-dev"
 if [ -n "$missing" ]; then
     echo "install.sh: installing$missing with apt-get"
     apt-get update -qq

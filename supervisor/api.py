@@ -92,6 +92,9 @@ class Api:
                 "kernel": platform.release(), "cgroup": formats.cgroup_version(),
                 "pid": os.getpid(), "uptime": time.time() - self.started}
 
+    async def op_plugin_ls(self, request, stream):
+        return self.manager.plugins.list()
+
     # -- containers ------------------------------------------------------------
 
     async def op_create(self, request, stream):

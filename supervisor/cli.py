@@ -43,6 +43,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-signal", help="signal that `moor stop` sends (default: the image's or SIGTERM)")
     parser.add_argument("--stop-timeout", type=int, help="seconds `moor stop` waits before SIGKILL (default 10)")
     parser.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="set a label")
+    parser.add_argument("--health-cmd", help="command line run in the container (with /bin/sh -c) to check its "
+                                             "health; exit 0 means healthy")
+    parser.add_argument("--health-interval", help="time between checks, for example 30s or 1m (default 30s)")
+    parser.add_argument("--health-timeout", help="time one check may take before it counts as failed (default 30s)")
+    parser.add_argument("--health-retries", type=int, help="failures in a row that make it unhealthy (default 3)")
+    parser.add_argument("--health-start-period", help="time after start in which failures do not count (default 0s)")
+    parser.add_argument("--health-on-failure", choices=("none", "kill", "stop", "restart"),
+                        help="what to do when the container becomes unhealthy (default none)")
+    parser.add_argument("--no-healthcheck", action="store_true", help="disable the image's health check")
     parser.add_argument("--spec", help="use this OCI config.json instead of generating one (root.path is replaced)")
     parser.add_argument("image", help="image name, for example busybox")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments (default: the image's)")
@@ -177,6 +186,11 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub.add_parser("images", help="list images (same as `image ls`)")
     cli_images.add_image_commands(image_sub, sub)
 
+    plugin = sub.add_parser("plugin", help="manage moord's plugins")
+    plugin_sub = plugin.add_subparsers(dest="plugin_command", required=True, metavar="COMMAND")
+    plugin_ls = plugin_sub.add_parser("ls", help="list plugins with their version, state and hooks")
+    plugin_ls.add_argument("--format", choices=("table", "json"), default="table")
+
     sub.add_parser("version", help="print client and moord versions")
     sub.add_parser("info", help="print moord's settings and counts")
     if wanted is not None and wanted not in sub._name_parser_map:
@@ -212,6 +226,10 @@ def _run_request(args) -> dict:
                "labels": labels, "stop_signal": args.stop_signal}
     if args.stop_timeout is not None:
         request["stop_timeout"] = args.stop_timeout
+    health = {"cmd": args.health_cmd, "interval": args.health_interval, "timeout": args.health_timeout,
+              "retries": args.health_retries, "start_period": args.health_start_period,
+              "on_failure": args.health_on_failure, "disabled": args.no_healthcheck}
+    request["health"] = {key: value for key, value in health.items() if value not in (None, False)}
     if args.spec:
         from supervisor.ocispec import load_spec_file
         from pathlib import Path
@@ -242,7 +260,10 @@ def _ago(ts: float) -> str:
 def _status_text(item: dict) -> str:
     status = item["status"]
     if status == "running":
-        return f"Up {_ago(item['started_at'])}"
+        health = item.get("health")
+        if health == "starting":
+            return f"Up {_ago(item['started_at'])} (health: starting)"
+        return f"Up {_ago(item['started_at'])}" + (f" ({health})" if health else "")
     if status == "exited":
         return f"Exited ({item['exit_code']}) {_ago(item['finished_at'])} ago"
     if status == "restarting":
@@ -452,6 +473,27 @@ def _image_ls(client, quiet: bool) -> int:
 
 def cmd_images(client, args) -> int:
     return _image_ls(client, False)
+
+
+def cmd_plugin(client, args) -> int:
+    plugins = client.call("plugin_ls", timeout=10)
+    if args.format == "json":
+        import json
+
+        print(json.dumps(plugins, indent=2))
+        return 0
+    rows = [("NAME", "VERSION", "STATE", "ERRORS", "SOURCE", "HOOKS")]
+    for item in plugins:
+        hooks = ",".join(hook.removeprefix("moorage_") for hook in item["hooks"])
+        rows.append((item["name"], item["version"] or "-", item["state"], str(item["errors"]), item["source"],
+                     hooks or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for item in plugins:
+        if item["error"]:
+            print(f"{item['name']}: {item['error']}", file=sys.stderr)
+    return 0
 
 
 def cmd_version(client, args) -> int:

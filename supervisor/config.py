@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from shim.protocol import InvalidArgument
@@ -23,6 +23,8 @@ class DaemonConfig:
     log_max_size: int = 20 * 1024 * 1024
     log_max_files: int = 5
     log_level: str = "info"
+    plugin_timeout: float = 10.0
+    plugins: dict = field(default_factory=dict)   # [plugins.NAME] tables: "enabled" and the plugin's options
 
     @property
     def api_socket(self) -> Path:
@@ -45,6 +47,7 @@ class DaemonConfig:
             raise InvalidArgument("log_max_size must be at least 1024 bytes and log_max_files at least 1")
         if len(str(self.state / "shims" / ("x" * 64) / "shim.sock")) > 107:
             raise InvalidArgument(f"state folder {self.state} is too long for unix socket paths; use a shorter one")
+        _check_plugins(self.plugins, self.plugin_timeout)
         return self
 
 
@@ -58,6 +61,8 @@ def load(path: Path | None, overrides: dict) -> DaemonConfig:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InvalidArgument(f"invalid config file {file}: {exc}") from None
         values.update(data.get("moord", data))
+        if "moord" in data and "plugins" in data:
+            values["plugins"] = data["plugins"]
     elif path is not None:
         raise InvalidArgument(f"config file {path} not found")
     values.update({key: value for key, value in overrides.items() if value is not None})
@@ -71,3 +76,15 @@ def load(path: Path | None, overrides: dict) -> DaemonConfig:
         if key in values:
             values[key] = Path(values[key]).absolute()
     return replace(config, **values).validate()
+
+
+def _check_plugins(plugins, timeout) -> None:
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+        raise InvalidArgument(f"invalid plugin_timeout {timeout!r}: give a number of seconds above 0")
+    if not isinstance(plugins, dict):
+        raise InvalidArgument("invalid plugins setting: use one [plugins.NAME] table per plugin")
+    for name, table in plugins.items():
+        if not isinstance(table, dict):
+            raise InvalidArgument(f"invalid plugins.{name} = {table!r}: use a [plugins.{name}] table")
+        if not isinstance(table.get("enabled", True), bool):
+            raise InvalidArgument(f"invalid plugins.{name}.enabled = {table['enabled']!r}: use true or false")

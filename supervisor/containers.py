@@ -34,7 +34,7 @@ from shim import protocol
 from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, MoorError, NotFound,
                            StartFailed, Unavailable)
 from shim.service import ShimConfig
-from supervisor import names, restart
+from supervisor import health, names, restart
 from supervisor.config import DaemonConfig
 from supervisor.events import EventBus
 from supervisor.shims import Launcher, ShimClient, process_start_time
@@ -60,6 +60,10 @@ class ExecSession:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     pid: int = 0
     exit_code: int | None = None
+    # The exit can arrive before exec_start has published task.exec.started;
+    # its event then waits here, so that events keep their order.
+    announced: bool = False
+    held_exit_event: dict | None = None
 
 
 class Container:
@@ -81,6 +85,7 @@ class Container:
         self.removing = False
         self.start_gate = asyncio.Event()  # cleared while _start_task waits for the shim
         self.start_gate.set()
+        self.health = None   # supervisor.health.HealthState while the task has a health check
 
     @property
     def id(self) -> str:
@@ -173,6 +178,7 @@ class Manager:
             _reject_options_with_spec(options)
         options.validate()
         image = await asyncio.to_thread(self._resolve_image, request["image"])
+        healthcheck = health.resolve(image.config.get("Healthcheck"), request.get("health"))
 
         container_id = names.new_id()
         name = name or names.new_name(taken)
@@ -187,7 +193,7 @@ class Manager:
 
         record = ContainerRecord(
             id=container_id, name=name, image=image.name, image_id=image.id, spec=spec,
-            options=self._stored_options(request, image), labels=_labels(image, request),
+            options=dict(self._stored_options(request, image), health=healthcheck), labels=_labels(image, request),
             restart_policy=str(policy), boot_id=self.boot_id)
         self.store.insert(record)
         container = Container(record)
@@ -256,8 +262,22 @@ class Manager:
 
     async def _start_task(self, container: Container) -> int:
         record = container.record
+        try:
+            spec, adjusted_by = await self.plugins.adjust_spec(container.id, record.spec, _plugin_options(record))
+        except StartFailed as exc:
+            record.exit_reason = exc.message
+            self.store.save(record)
+            raise
+        try:
+            return await self._create_task(container, spec)
+        except BaseException:
+            await self.plugins.undo("moorage_release_spec", adjusted_by, container.id)
+            raise
+
+    async def _create_task(self, container: Container, spec: dict) -> int:
+        record = container.record
         folder = self.shim_folder(container.id)
-        await asyncio.to_thread(self._write_bundle, folder, record.spec)
+        await asyncio.to_thread(self._write_bundle, folder, spec)
         await asyncio.to_thread(self.images.mount_rootfs, self.folder(container.id) / "rootfs")
         record.task_gen += 1
         config = ShimConfig(
@@ -345,8 +365,7 @@ class Manager:
     def _deliver_output(self, container: Container, generation: int, outputs: list[dict]) -> None:
         main = [r for r in outputs if not r.get("exec")]
         if main:
-            self.plugins.hook.moorage_container_output(container_id=container.id, generation=generation,
-                                                        records=main)
+            self.plugins.output(container.id, generation, main)
             for queue in list(container.listeners):
                 queue.put_nowait(("output", generation, main))
         for record in outputs:
@@ -362,8 +381,15 @@ class Manager:
             session = container.execs.get(record.get("exec") or "")
             if session is not None:
                 session.queue.put_nowait(("exit", record["code"], record["signal"]))
-            self.events.publish(protocol.TOPIC_TASK_EXEC_EXIT, container.id, exec_id=record.get("exec"),
-                                exit_code=record["code"], exited_at=record["at"])
+            payload = {"exec_id": record.get("exec"), "exit_code": record["code"], "exited_at": record["at"]}
+            if session is not None and not session.announced:
+                session.held_exit_event = payload
+            else:
+                self.events.publish(protocol.TOPIC_TASK_EXEC_EXIT, container.id, **payload)
+        elif kind == protocol.RECORD_OOM:
+            # TODO: the shim does not watch the cgroup's OOM events yet, so no such record arrives.
+            log.warning("container %s: the OOM killer acted in its cgroup", container.id)
+            self.events.publish(protocol.TOPIC_TASK_OOM, container.id, name=container.record.name)
         elif kind == protocol.RECORD_LOSS:
             # Saved with the record's sequence number, so a replay never counts it twice.
             container.record.lost_bytes += record["bytes"]
@@ -577,7 +603,6 @@ class Manager:
             await asyncio.to_thread(self._force_delete_runtime, container_id)
         await asyncio.to_thread(self._clean_task_folders, container_id)
         await asyncio.to_thread(self._remove_folder, container_id)
-        self.plugins.hook.moorage_container_removed(container_id=container_id)
         self.store.removal_done(container_id)
         self.events.publish(protocol.TOPIC_CONTAINER_DELETE, container_id, name=name)
         log.info("container %s removed", container_id)
@@ -585,7 +610,6 @@ class Manager:
     async def _forget(self, container: Container) -> None:
         record = container.record
         await asyncio.to_thread(self._remove_folder, container.id)
-        self.plugins.hook.moorage_container_removed(container_id=container.id)
         self.store.delete(container.id)
         self.containers.pop(container.id, None)
         container.changed.set()
@@ -610,6 +634,9 @@ class Manager:
             raise
         session.pid = result["pid"]
         self.events.publish(protocol.TOPIC_TASK_EXEC_STARTED, container.id, exec_id=session.exec_id, pid=session.pid)
+        session.announced = True
+        if session.held_exit_event is not None:
+            self.events.publish(protocol.TOPIC_TASK_EXEC_EXIT, container.id, **session.held_exit_event)
         return session
 
     @staticmethod
@@ -780,6 +807,11 @@ def _reject_options_with_spec(options) -> None:
     if given:
         raise InvalidArgument(f"--spec cannot be combined with {', '.join(given)}: put the process, mounts "
                               "and limits in the spec file instead")
+
+
+def _plugin_options(record: ContainerRecord) -> dict:
+    """Return what ``moorage_adjust_spec`` receives as ``options``."""
+    return dict(record.options, name=record.name, image=record.image, labels=dict(record.labels))
 
 
 def parse_signal(value) -> int:

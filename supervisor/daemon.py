@@ -13,16 +13,16 @@ import signal
 import sys
 from pathlib import Path
 
-import pluggy
 import zmq
 import zmq.asyncio
 
 from shim.protocol import MoorError
 from supervisor import config as daemon_config
-from supervisor import hookspecs
 from supervisor.api import Api
 from supervisor.containers import Manager
 from supervisor.events import EventBus
+from supervisor.health import HealthMonitor
+from supervisor.pluginhost import PluginHost
 from supervisor.shims import Launcher
 from supervisor.store import Store
 
@@ -43,6 +43,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--spool-limit", type=int, help="bytes of output a shim keeps while moord is away")
     parser.add_argument("--log-max-size", type=int, help="bytes per container log file before rotation")
     parser.add_argument("--log-max-files", type=int, help="container log files kept, the current one included")
+    parser.add_argument("--plugin-timeout", type=float,
+                        help="seconds moord waits for a blocking plugin hook before it gives up (default 10)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="moord's own log level")
     parser.add_argument("--version", action="version", version=f"moord {VERSION}")
     return parser.parse_args(argv)
@@ -76,33 +78,25 @@ def _raise_file_limit() -> dict[int, tuple[int, int]]:
     return original
 
 
-def _plugin_manager(config) -> pluggy.PluginManager:
-    from plugins.filelog import FileLogger
-
-    manager = pluggy.PluginManager(hookspecs.PROJECT)
-    manager.add_hookspecs(hookspecs)
-    manager.register(FileLogger(config.root, config.log_max_size, config.log_max_files), name="filelog")
-    manager.load_setuptools_entrypoints("moorage.plugins")
-    manager.check_pending()
-    return manager
-
-
 async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     from supervisor.images import ImageStore
 
     context = zmq.asyncio.Context()
     store = Store(config.db_path)
-    plugins = _plugin_manager(config)
     events = EventBus(context, config.events_socket)
+    plugins = PluginHost(config, events, VERSION)
+    await plugins.load()
     launcher = Launcher(config.state / "launcher.log", rlimits)
     await launcher.start()
     images = ImageStore(config.root, config.db_path, config.snapshotter)
     manager = Manager(config, store, images, events, plugins, launcher, context,
                       nofile_limits=rlimits[resource.RLIMIT_NOFILE])
     images.container_roots = lambda: [manager.folder(cid) / "rootfs" for cid in list(manager.containers)]
-    plugins.hook.moorage_startup(config=config)
+    health = HealthMonitor(manager, plugins, events)
+    await plugins.startup(config)
 
     await manager.restore()
+    health.resume()
     api = Api(manager, context, config.api_socket, VERSION)
     log.info("moord %s serving on %s (root %s)", VERSION, config.api_socket, config.root)
     stop = asyncio.Event()
@@ -114,8 +108,9 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     await stop.wait()
     log.info("moord stopping; containers keep running")
     server.cancel()
+    health.close()
     manager.close()
-    plugins.hook.moorage_shutdown()
+    await plugins.shutdown()
     await launcher.stop()
     events.close()
     api.socket.close(linger=0)
@@ -128,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     overrides = {"root": args.root, "state": args.state, "runtime": args.runtime, "snapshotter": args.snapshotter, "spool_limit": args.spool_limit,
                  "log_max_size": args.log_max_size, "log_max_files": args.log_max_files,
-                 "log_level": args.log_level}
+                 "log_level": args.log_level, "plugin_timeout": args.plugin_timeout}
     try:
         config = daemon_config.load(args.config, overrides)
         config.root.mkdir(parents=True, exist_ok=True, mode=0o711)

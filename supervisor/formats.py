@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timezone
 
 from shim.protocol import InvalidArgument
+from supervisor import health
 
 
 def iso(ts: float) -> str:
@@ -21,7 +22,8 @@ def summary(container) -> dict:
     return {"id": record.id, "name": record.name, "image": record.image, "status": record.status,
             "command": record.spec.get("process", {}).get("args", []), "created": record.created,
             "started_at": record.started_at, "finished_at": record.finished_at,
-            "exit_code": record.exit_code, "restart_count": record.restart_count, "pid": record.pid}
+            "exit_code": record.exit_code, "restart_count": record.restart_count, "pid": record.pid,
+            "health": container.health.status if container.health is not None else ""}
 
 
 def inspect(container, manager) -> dict:
@@ -46,6 +48,7 @@ def inspect(container, manager) -> dict:
             "FinishedAt": iso(record.finished_at),
             "ManuallyStopped": record.manually_stopped,
             "LostOutputBytes": record.lost_bytes,
+            **({"Health": container.health.to_docker()} if container.health is not None else {}),
         },
         "RestartCount": record.restart_count,
         "Config": {
@@ -56,6 +59,7 @@ def inspect(container, manager) -> dict:
             "Hostname": record.spec.get("hostname", ""),
             "Labels": record.labels,
             "StopSignal": record.options.get("stop_signal", "SIGTERM"),
+            "Healthcheck": health.to_docker(record.options.get("health")),
         },
         "HostConfig": {
             "RestartPolicy": record.restart_policy,
