@@ -43,6 +43,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--spool-limit", type=int, help="bytes of output a shim keeps while moord is away")
     parser.add_argument("--log-max-size", type=int, help="bytes per container log file before rotation")
     parser.add_argument("--log-max-files", type=int, help="container log files kept, the current one included")
+    parser.add_argument("--log-driver", help="logging driver of containers that set none: local, json-file, "
+                                             "journald, syslog or none (default local)")
+    parser.add_argument("--log-opt", action="append", metavar="KEY=VALUE",
+                        help="option of the default logging driver, for example max-size=10m (repeatable)")
+    parser.add_argument("--metrics-address", help="serve Prometheus metrics on HOST:PORT or a unix socket path "
+                                                  "(default: off)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="moord's own log level")
     parser.add_argument("--version", action="version", version=f"moord {VERSION}")
     return parser.parse_args(argv)
@@ -77,11 +83,14 @@ def _raise_file_limit() -> dict[int, tuple[int, int]]:
 
 
 def _plugin_manager(config) -> pluggy.PluginManager:
-    from plugins.filelog import FileLogger
+    from plugins.logdrivers import LogRouter
+    from plugins.metrics import CgroupMetrics
 
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
-    manager.register(FileLogger(config.root, config.log_max_size, config.log_max_files), name="filelog")
+    manager.register(LogRouter(config.root, config.log_driver, config.log_opts, config.log_max_size,
+                               config.log_max_files), name="logging")
+    manager.register(CgroupMetrics(), name="metrics")
     manager.load_setuptools_entrypoints("moorage.plugins")
     manager.check_pending()
     return manager
@@ -110,9 +119,12 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
         loop.add_signal_handler(signum, stop.set)
 
     server = loop.create_task(api.serve())
+    metrics_server = await _start_metrics_server(config, manager)
     await stop.wait()
     log.info("moord stopping; containers keep running")
     server.cancel()
+    if metrics_server is not None:
+        metrics_server.close()
     manager.close()
     plugins.hook.moorage_shutdown()
     await launcher.stop()
@@ -122,12 +134,32 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     context.term()
 
 
+async def _start_metrics_server(config: daemon_config.DaemonConfig, manager: Manager):
+    if not config.metrics_address:
+        return None
+    from plugins.prometheus import start_server
+    return await start_server(config.metrics_address, manager)
+
+
+def _log_opts(entries: list[str] | None) -> dict | None:
+    if not entries:
+        return None
+    opts = {}
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        if not sep or not key:
+            raise MoorError(f"invalid --log-opt {entry!r}: use KEY=VALUE")
+        opts[key] = value
+    return opts
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     overrides = {"root": args.root, "state": args.state, "runtime": args.runtime, "snapshotter": args.snapshotter, "spool_limit": args.spool_limit,
                  "log_max_size": args.log_max_size, "log_max_files": args.log_max_files,
-                 "log_level": args.log_level}
+                 "log_level": args.log_level, "log_driver": args.log_driver, "metrics_address": args.metrics_address}
     try:
+        overrides["log_opts"] = _log_opts(args.log_opt)
         config = daemon_config.load(args.config, overrides)
         config.root.mkdir(parents=True, exist_ok=True, mode=0o711)
         config.state.mkdir(parents=True, exist_ok=True, mode=0o700)
