@@ -15,7 +15,7 @@ Files are ``container.log`` and, after rotation, ``container.log.1`` to
 ``container.log.N``; a rotation happens before a write would make the
 current file exceed ``max_size`` bytes.  With compression on, a worker thread
 gzips each rotated file into ``container.log.K.gz`` after the rotation, so
-the event loop never waits for it.
+the event loop does not wait for the compression (only for the renames).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Each line of ``<container id>-json.log`` is one object::
 
     {"log":"hello\\n","stream":"stdout","time":"2026-12-04T20:05:19.602779000Z"}
 
-``log`` is the text, ending with ``\\n`` when the line ended; a line longer
+``log`` is the text, ending with ``\\n`` when the line ended.  A line longer
 than 16 KiB, or one still unfinished when its record arrived, is written as
 pieces without ``\\n`` that a reader joins.  Bytes that are not UTF-8 are
 replaced by U+FFFD, as docker does.  Rotation renames the file to

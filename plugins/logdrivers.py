@@ -3,8 +3,8 @@
 A container's driver and options come from ``moor run --log-driver NAME
 --log-opt KEY=VALUE`` or, when it gives none, from the ``[logging]`` section of
 moord's config.  moord stores them with the container and passes them to
-``moorage_log_config`` at create and at restore, so ``LogRouter`` knows where
-each container's records go.
+``moorage_log_config`` at create and at restore, so ``LogRouter`` can send
+each container's records to its driver.
 
 Drivers:
 

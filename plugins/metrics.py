@@ -253,13 +253,13 @@ def collect_all(plugins, targets: list[dict]) -> list[dict]:
         metrics: dict = {}
         if target["status"] == "running" and target["pid"]:
             try:
-                answers = plugins.hook.moorage_collect_metrics(container_id=target["id"],
+                results_of_plugins = plugins.hook.moorage_collect_metrics(container_id=target["id"],
                                                                cgroup_path=target["cgroup_path"], pid=target["pid"])
             except Exception as exc:
                 log.error("container %s: collecting metrics failed: %s", target["id"], exc)
-                answers = []
-            # pluggy returns the last registered plugin's answer first; apply in registration order.
-            for answer in reversed(answers):
-                metrics.update(answer or {})
+                results_of_plugins = []
+            # pluggy returns the last registered plugin's result first, so apply them in registration order.
+            for result in reversed(results_of_plugins):
+                metrics.update(result or {})
         results.append(dict(target, metrics=metrics))
     return results

@@ -3,9 +3,9 @@
 Off by default.  ``[metrics] address`` in moord's config, or
 ``moord --metrics-address``, takes ``HOST:PORT`` (``127.0.0.1:9323``,
 ``[::1]:9323``) or a unix socket path (``/run/moorage/metrics.sock`` or
-``unix:///run/moorage/metrics.sock``).  The handler understands one
-``GET /metrics`` per connection and closes it; the collection itself runs in
-a worker thread, so a slow cgroup read never stalls the loop.
+``unix:///run/moorage/metrics.sock``).  The handler serves one
+``GET /metrics`` per connection, then closes it.  The collection runs in a
+worker thread, so a slow cgroup read does not stall the event loop.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Datagram senders for the socket logging drivers, and the line splitting they share.
 
 ``Shipper`` owns one socket and one thread.  The event loop only calls
-``send``, which puts the datagram in a bounded queue and returns at once; when
-the queue is full, or the thread cannot deliver (no listener, a send timeout,
-a refused datagram), the message is dropped and counted for its container.
+``send``, which puts the datagram in a bounded queue and returns at once.
+When the queue is full, or the thread cannot deliver it (no listener, a send
+timeout, a refused datagram), the message is dropped and counted for its
+container.
 """
 
 from __future__ import annotations

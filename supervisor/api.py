@@ -249,8 +249,8 @@ class Api:
 
         targets = metric_targets(self.manager, include_stopped=True)
         if request.get("ids"):
-            wanted = {self.manager.get(ref).id for ref in request["ids"]}
-            targets = [target for target in targets if target["id"] in wanted]
+            requested = {self.manager.get(ref).id for ref in request["ids"]}
+            targets = [target for target in targets if target["id"] in requested]
         elif not request.get("all"):
             targets = [target for target in targets if target["status"] == "running"]
         results = await asyncio.to_thread(collect_all, self.manager.plugins, targets)

@@ -1,7 +1,7 @@
 """``moor stats``: a live table of container resource use, like docker's, or one sample as text or JSON.
 
 CPU % is the CPU time a container used between two samples divided by the
-wall time between them, so 100% is one CPU busy; a container's first row
+wall time between them, so 100% is one CPU busy.  A container's first row
 shows 0.00% until a second sample exists.  MEM % is usage over the cgroup
 limit, or over the host's memory when the container has no limit.  NET I/O
 is ``--`` because moord does not count network traffic yet.
