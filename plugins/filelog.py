@@ -93,10 +93,12 @@ class LogFile:
         os.close(self.fd)
         with self.lock:
             self._shift_rotated()
+            # Taken under the lock: a compression job whose inode number was reused may gzip .1 right after.
+            rotated = self.max_files > 1 and os.stat(self.folder / "container.log.1").st_ino
         self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         self.size = 0
-        if self.compress and self.max_files > 1:
-            COMPRESSOR.submit(self, os.stat(self.folder / "container.log.1").st_ino)
+        if self.compress and rotated:
+            COMPRESSOR.submit(self, rotated)
 
     def _shift_rotated(self) -> None:
         """Rename container.log.K to .K+1 (plain or gzipped) and the current file to .1."""
