@@ -111,6 +111,7 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     plugins.hook.moorage_startup(config=config)
 
     await manager.restore()
+    metrics_server = await _start_metrics_server(config, manager)
     api = Api(manager, context, config.api_socket, VERSION)
     log.info("moord %s serving on %s (root %s)", VERSION, config.api_socket, config.root)
     stop = asyncio.Event()
@@ -119,7 +120,6 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
         loop.add_signal_handler(signum, stop.set)
 
     server = loop.create_task(api.serve())
-    metrics_server = await _start_metrics_server(config, manager)
     await stop.wait()
     log.info("moord stopping; containers keep running")
     server.cancel()
@@ -138,7 +138,11 @@ async def _start_metrics_server(config: daemon_config.DaemonConfig, manager: Man
     if not config.metrics_address:
         return None
     from plugins.prometheus import start_server
-    return await start_server(config.metrics_address, manager)
+    try:
+        return await start_server(config.metrics_address, manager)
+    except OSError as exc:
+        log.error("metrics endpoint on %s failed to start, moord serves without it: %s", config.metrics_address, exc)
+        return None
 
 
 def _log_opts(entries: list[str] | None) -> dict | None:
