@@ -212,6 +212,7 @@ class LogRouter:
         self.default_driver = self.driver(default_driver).name
         self.default_opts = dict(default_opts or {})
         self.routes: dict[str, Driver] = {}
+        self.write_failures: dict[str, int] = {}
 
     def driver(self, name: str) -> Driver:
         driver = self.drivers.get(name)
@@ -236,7 +237,15 @@ class LogRouter:
 
     @hookimpl
     def moorage_container_output(self, container_id: str, generation: int, records: list[dict]) -> None:
-        self._route(container_id).write(container_id, generation, records)
+        route = self._route(container_id)
+        try:
+            route.write(container_id, generation, records)
+        except OSError as exc:
+            # A full or failing disk must not stop the container's output, so the records are counted as dropped.
+            total = self.write_failures.get(container_id, 0) + len(records)
+            self.write_failures[container_id] = total
+            log.error("container %s: log driver %s failed to write %d records (%d dropped so far): %s",
+                      container_id, route.name, len(records), total, exc)
 
     @hookimpl
     def moorage_output_position(self, container_id: str):
@@ -249,11 +258,13 @@ class LogRouter:
     @hookimpl
     def moorage_log_status(self, container_id: str) -> dict:
         route = self._route(container_id)
-        return {"Name": route.name, "Dropped": route.dropped(container_id), "Path": route.log_path(container_id)}
+        dropped = route.dropped(container_id) + self.write_failures.get(container_id, 0)
+        return {"Name": route.name, "Dropped": dropped, "Path": route.log_path(container_id)}
 
     @hookimpl
     def moorage_container_removed(self, container_id: str) -> None:
         route = self.routes.pop(container_id, None)
+        self.write_failures.pop(container_id, None)
         if route is not None:
             route.forget(container_id)
         shutil.rmtree(self.root / "containers" / container_id / "logs", ignore_errors=True)

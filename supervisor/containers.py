@@ -176,6 +176,7 @@ class Manager:
             await asyncio.to_thread(self.images.unmount_rootfs, rootfs)
         except BaseException:
             await asyncio.to_thread(self._remove_folder, container_id)
+            self.plugins.hook.moorage_container_removed(container_id=container_id)
             raise
 
         record = ContainerRecord(

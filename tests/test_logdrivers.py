@@ -358,3 +358,14 @@ def test_router_reports_dropped_in_status(tmp_path, socket_folder):
     router.moorage_shutdown()
 
     assert status["Name"] == "syslog"
+
+
+def test_router_counts_failed_file_write(tmp_path):
+    router = LogRouter(tmp_path)
+    router.moorage_log_config(container_id="c1", container_name="web", driver="local", opts={})
+    (tmp_path / "containers" / "c1").mkdir(parents=True)
+    (tmp_path / "containers" / "c1" / "logs").write_text("a file where the log folder should be")
+
+    router.moorage_container_output(container_id="c1", generation=1, records=[record(1, b"a\n"), record(2, b"b\n")])
+
+    assert router.moorage_log_status(container_id="c1")["Dropped"] == 2
