@@ -174,13 +174,17 @@ class Compressor:
         temporary = log_file.folder / f".compress-{inode}.tmp"
         try:
             with open(source, "rb") as plain, gzip.open(temporary, "wb", compresslevel=6) as packed:
+                copied = os.fstat(plain.fileno())
                 shutil.copyfileobj(plain, packed, 256 * 1024)
         except FileNotFoundError:
             temporary.unlink(missing_ok=True)
             return
         with log_file.lock:
             source = log_file.rotated_plain_file(inode)
-            if source is None:
+            # A file deleted during the copy can hand its inode number to a newer log file,
+            # so the size and modification time must match the copied file too.
+            current = source.stat() if source is not None else None
+            if current is None or (current.st_size, current.st_mtime_ns) != (copied.st_size, copied.st_mtime_ns):
                 temporary.unlink(missing_ok=True)
                 return
             # Readers prefer the plain file while both exist, then fall back to the .gz one.

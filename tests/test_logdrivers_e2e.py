@@ -72,8 +72,9 @@ def test_local_logs_after_rotation_intact(moord, max_files):
 
 
 def test_local_rotated_files_compressed(moord):
-    moord.moor("run", "--name", "gz", "--log-opt", "max-size=1k", "--log-opt", "max-file=3",
-               "busybox", "sh", "-c", "seq 1 2000")
+    # One line per output record, so that the 1 KiB files rotate several times (a record is never split).
+    moord.moor("run", "--name", "gz", "--log-opt", "max-size=1k", "--log-opt", "max-file=3", "busybox", "sh", "-c",
+               'i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo "n=$i"; sleep 0.002; done')
     folder = log_folder(moord, "gz")
     expected = ["container.log", "container.log.1.gz", "container.log.2.gz"]
 
