@@ -1,10 +1,10 @@
 """Time one metrics collection (the ``stats`` op) for many running containers.
 
 Run as root from the repository: ``python3 bench/metrics_collect.py [--containers 50] [--rounds 20]``.
-It starts its own moord with --root and --state under a new /tmp folder, runs
-that many ``sleep 3600`` busybox containers, times the ``stats`` op round after
-round, prints the median, minimum and maximum, then removes the containers and
-stops that moord.
+It starts its own moord with --root and --state under a new /tmp folder and
+runs that many ``sleep 3600`` busybox containers.  It times the ``stats`` op
+round after round and prints the median, minimum and maximum.  At the end it
+removes the containers and stops that moord.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def wait_for_moord(state: Path, process: subprocess.Popen) -> None:
             return
         except Exception:
             time.sleep(0.1)
-    raise SystemExit("moord did not answer within 30 s")
+    raise SystemExit("moord did not respond within 30 s")
 
 
 def main() -> int:
