@@ -18,6 +18,8 @@ import time
 log = logging.getLogger(__name__)
 
 LINE_PIECE_BYTES = 16 * 1024
+# TODO: after a moord restart these drivers resume from the last record moord acknowledged, so messages
+# still queued here when moord died are lost, not resent.
 QUEUE_MESSAGES = 8192
 SEND_TIMEOUT = 1.0
 DROP_LOG_SECONDS = 10.0

@@ -200,8 +200,10 @@ def test_syslog_broken_sink_counts_drops(moord, socket_folder):
                f"syslog-address=unix://{socket_folder}/absent.sock", "busybox", "sh", "-c", "seq 1 20")
 
     wait_until(lambda: moord.inspect("sl")["LogDriver"]["Dropped"] == 20, 30, message="20 dropped syslog messages")
+    container_id = moord.inspect("sl")["Id"]
 
     assert moord.inspect("sl")["State"]["ExitCode"] == 0
+    assert f"container {container_id}: log driver syslog:" in (moord.root / "moord.log").read_text()
 
 
 def test_syslog_logs_command_names_driver(moord, socket_folder):

@@ -12,11 +12,12 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
+from conftest import REPO, wait_until
 from plugins import metrics, prometheus
 from shim.protocol import InvalidArgument
 from supervisor.ocispec import RunOptions, build_spec
@@ -263,6 +264,22 @@ def test_stats_table_has_docker_columns(moord):
     assert "MEM USAGE / LIMIT" in lines[0]
     assert "BLOCK I/O" in lines[0]
     assert lines[1].split()[1] == "up"
+
+
+@root_only
+def test_stats_stream_prints_each_sample(moord):
+    moord.moor("run", "-d", "--name", "busy", "busybox", "sh", "-c", "while :; do :; done")
+    command = [sys.executable, "-m", "supervisor.cli", "--state", str(moord.state), "stats", "--format", "json"]
+    streaming = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO)
+    try:
+        first = json.loads(streaming.stdout.readline())
+        second = json.loads(streaming.stdout.readline())
+    finally:
+        streaming.kill()
+        streaming.wait(30)
+
+    assert first[0]["cpu_percent"] == 0.0
+    assert second[0]["cpu_percent"] > 0.0
 
 
 @root_only
