@@ -197,7 +197,8 @@ class Api:
 
     async def op_logs(self, request, stream):
         container = self.manager.get(request["id"])
-        follow = bool(request.get("follow")) and container.record.status in ("running", "restarting")
+        follow = (bool(request.get("follow")) and container.record.status in ("running", "restarting")
+                  and not request.get("until"))
         queue: asyncio.Queue = asyncio.Queue()
         if follow:
             container.listeners.add(queue)
@@ -215,7 +216,8 @@ class Api:
             raise FailedPrecondition("no logging plugin stores output; `moor logs` needs the file logger")
         tail = request.get("tail")
         since = formats.since_timestamp(request.get("since"))
-        selected = await asyncio.to_thread(_select_lines, lines, tail, since)
+        until = formats.since_timestamp(request.get("until"), "--until")
+        selected = await asyncio.to_thread(_select_lines, lines, tail, since, until)
         last = (0, 0)
         for ts, stream_number, line, generation, seq in selected:
             # A rejoined line can exceed the message size limit, so it goes out in pieces.
@@ -242,6 +244,21 @@ class Api:
                 if (generation, record["seq"]) <= last:
                     continue
                 await stream({"s": record["stream"], "d": record["data"], "t": format_time(record["ts"])})
+
+    async def op_stats(self, request, stream):
+        """Return one metrics sample per container: running ones, every one with ``all``, or those in ``ids``."""
+        from plugins.metrics import collect_all, host_memory_bytes, online_cpus
+        from plugins.prometheus import metric_targets
+
+        targets = metric_targets(self.manager, include_stopped=True)
+        if request.get("ids"):
+            requested = {self.manager.get(ref).id for ref in request["ids"]}
+            targets = [target for target in targets if target["id"] in requested]
+        elif not request.get("all"):
+            targets = [target for target in targets if target["status"] == "running"]
+        results = await asyncio.to_thread(collect_all, self.manager.plugins, targets)
+        return {"ts": time.monotonic(), "host_memory_bytes": host_memory_bytes(), "cpus": online_cpus(),
+                "containers": results}
 
     # -- images ----------------------------------------------------------------
 
@@ -353,9 +370,11 @@ def _path(request: dict, key: str):
     return Path(value)
 
 
-def _select_lines(lines, tail, since) -> list:
+def _select_lines(lines, tail, since, until=None) -> list:
     if since is not None:
         lines = (line for line in lines if line[0] >= since)
+    if until is not None:
+        lines = (line for line in lines if line[0] < until)
     if tail is not None and int(tail) >= 0:
         return list(deque(lines, maxlen=int(tail)))
     return list(lines)

@@ -53,6 +53,10 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="what to do when the container becomes unhealthy (default none)")
     parser.add_argument("--no-healthcheck", action="store_true", help="disable the image's health check")
     parser.add_argument("--spec", help="use this OCI config.json instead of generating one (root.path is replaced)")
+    parser.add_argument("--log-driver", help="where output goes: local, json-file, journald, syslog or none "
+                                             "(default: moord's [logging] driver)")
+    parser.add_argument("--log-opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="logging driver option, for example max-size=10m or syslog-address=udp://HOST:PORT")
     parser.add_argument("image", help="image name, for example busybox")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments (default: the image's)")
 
@@ -154,6 +158,7 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing until the container exits")
     logs.add_argument("--tail", default="all", help="number of lines from the end (default all)")
     logs.add_argument("--since", help="only lines since a time (RFC 3339, unix seconds, or 10m)")
+    logs.add_argument("--until", help="only lines before a time (RFC 3339, unix seconds, or 10m for 10 minutes ago)")
     logs.add_argument("-t", "--timestamps", action="store_true", help="prefix each line with its time")
     logs.add_argument("container")
 
@@ -191,6 +196,9 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     plugin_ls = plugin_sub.add_parser("ls", help="list plugins with their version, state and hooks")
     plugin_ls.add_argument("--format", choices=("table", "json"), default="table")
 
+    from supervisor.cli_stats import add_stats_parser
+    add_stats_parser(sub)
+
     sub.add_parser("version", help="print client and moord versions")
     sub.add_parser("info", help="print moord's settings and counts")
     if wanted is not None and wanted not in sub._name_parser_map:
@@ -210,6 +218,16 @@ def _resolve_env(entries: list[str]) -> list[str]:
     return resolved
 
 
+def _key_values(entries: list[str], flag: str) -> dict:
+    values = {}
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        if not key or not sep:
+            raise InvalidArgument(f"invalid {flag} {entry!r}: use KEY=VALUE")
+        values[key] = value
+    return values
+
+
 def _run_request(args) -> dict:
     labels = {}
     for label in args.label:
@@ -224,6 +242,9 @@ def _run_request(args) -> dict:
         options["entrypoint"] = [args.entrypoint] if args.entrypoint else []
     request = {"image": args.image, "name": args.name, "restart": args.restart, "options": options,
                "labels": labels, "stop_signal": args.stop_signal}
+    if args.log_driver or args.log_opt:
+        request["log_driver"] = args.log_driver
+        request["log_opts"] = _key_values(args.log_opt, "--log-opt")
     if args.stop_timeout is not None:
         request["stop_timeout"] = args.stop_timeout
     health = {"cmd": args.health_cmd, "interval": args.health_interval, "timeout": args.health_timeout,
@@ -385,7 +406,7 @@ def cmd_logs(client, args) -> int:
     if tail is not None and (not tail.isdigit()):
         raise InvalidArgument(f"invalid --tail {args.tail!r}: give a number of lines or 'all'")
     client.call("logs", id=args.container, follow=args.follow, tail=None if tail is None else int(tail),
-                since=args.since, on_output=lambda message: _write_output(message, args.timestamps))
+                since=args.since, until=args.until, on_output=lambda message: _write_output(message, args.timestamps))
     return 0
 
 
@@ -469,6 +490,11 @@ def _image_ls(client, quiet: bool) -> int:
     for row in rows:
         print("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
+
+
+def cmd_stats(client, args) -> int:
+    from supervisor.cli_stats import run_stats
+    return run_stats(client, args)
 
 
 def cmd_images(client, args) -> int:

@@ -25,6 +25,9 @@ class DaemonConfig:
     log_level: str = "info"
     plugin_timeout: float = 10.0
     plugins: dict = field(default_factory=dict)   # [plugins.NAME] tables: "enabled" and the plugin's options
+    log_driver: str = "local"
+    log_opts: dict = field(default_factory=dict)
+    metrics_address: str = ""
 
     @property
     def api_socket(self) -> Path:
@@ -45,10 +48,36 @@ class DaemonConfig:
             raise InvalidArgument(f"spool_limit {self.spool_limit} is too small: give at least 1048576 bytes")
         if self.log_max_size < 1024 or self.log_max_files < 1:
             raise InvalidArgument("log_max_size must be at least 1024 bytes and log_max_files at least 1")
+        from plugins.logdrivers import DRIVER_NAMES
+        if self.log_driver not in DRIVER_NAMES:
+            raise InvalidArgument(f"unknown log driver {self.log_driver!r}: use one of {', '.join(DRIVER_NAMES)}")
+        if not isinstance(self.log_opts, dict):
+            raise InvalidArgument("[logging] opts must be a table of KEY = \"VALUE\" pairs")
+        if self.metrics_address:
+            from plugins.prometheus import parse_address
+            parse_address(self.metrics_address)
         if len(str(self.state / "shims" / ("x" * 64) / "shim.sock")) > 107:
             raise InvalidArgument(f"state folder {self.state} is too long for unix socket paths; use a shorter one")
         _check_plugins(self.plugins, self.plugin_timeout)
         return self
+
+
+def _sections(data: dict, file: Path) -> dict:
+    """Flatten ``[moord]`` (or top-level keys), ``[logging]`` and ``[metrics]`` into setting names."""
+    data = dict(data)
+    logging_table = data.pop("logging", {})
+    metrics_table = data.pop("metrics", {})
+    values = dict(data.get("moord", data))
+    for key, name in (("driver", "log_driver"), ("opts", "log_opts"), ("max_size", "log_max_size"),
+                      ("max_files", "log_max_files")):
+        if key in logging_table:
+            values[name] = logging_table.pop(key)
+    if "address" in metrics_table:
+        values["metrics_address"] = metrics_table.pop("address")
+    leftover = [f"logging.{key}" for key in logging_table] + [f"metrics.{key}" for key in metrics_table]
+    if leftover:
+        raise InvalidArgument(f"unknown setting(s) {', '.join(leftover)} in {file}")
+    return values
 
 
 def load(path: Path | None, overrides: dict) -> DaemonConfig:
@@ -60,7 +89,7 @@ def load(path: Path | None, overrides: dict) -> DaemonConfig:
             data = tomllib.loads(file.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise InvalidArgument(f"invalid config file {file}: {exc}") from None
-        values.update(data.get("moord", data))
+        values.update(_sections(data, file))
         if "moord" in data and "plugins" in data:
             values["plugins"] = data["plugins"]
     elif path is not None:

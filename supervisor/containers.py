@@ -182,6 +182,9 @@ class Manager:
 
         container_id = names.new_id()
         name = name or names.new_name(taken)
+        log_driver, log_opts = self._log_config(request)
+        self.plugins.hook.moorage_log_config(container_id=container_id, container_name=name, driver=log_driver,
+                                             opts=log_opts)
         rootfs = self.folder(container_id) / "rootfs"
         try:
             spec = await self._prepare(image, options, container_id, rootfs, request.get("spec"))
@@ -189,12 +192,14 @@ class Manager:
                 await asyncio.to_thread(self.images.unmount_rootfs, rootfs)
         except BaseException:
             await asyncio.to_thread(self._remove_folder, container_id)
+            self.plugins.hook.moorage_container_removed(container_id=container_id)
             raise
 
         record = ContainerRecord(
             id=container_id, name=name, image=image.name, image_id=image.id, spec=spec,
-            options=dict(self._stored_options(request, image), health=healthcheck), labels=_labels(image, request),
-            restart_policy=str(policy), boot_id=self.boot_id)
+            options=dict(self._stored_options(request, image), health=healthcheck, log_driver=log_driver,
+                         log_opts=log_opts),
+            labels=_labels(image, request), restart_policy=str(policy), boot_id=self.boot_id)
         self.store.insert(record)
         container = Container(record)
         self.containers[container_id] = container
@@ -227,6 +232,27 @@ class Manager:
         return ocispec.build_spec(image.config, options, rootfs=str(rootfs), container_id=container_id,
                                   hostname=container_id[:12], cgroups_path=f"/moorage/{container_id}",
                                   nofile_limits=self.nofile_limits)
+
+    def _log_config(self, request: dict) -> tuple[str, dict]:
+        """Return the request's logging driver and options, or moord's default ones."""
+        driver = request.get("log_driver") or self.config.log_driver
+        opts = request.get("log_opts")
+        if opts is None:
+            opts = self.config.log_opts if driver == self.config.log_driver else {}
+        if not isinstance(opts, dict):
+            raise InvalidArgument("log_opts must be a map of option names to values")
+        return str(driver), {str(key): str(value) for key, value in opts.items()}
+
+    def _restore_log_config(self, container: Container) -> None:
+        options = container.record.options
+        if "log_driver" not in options:
+            return  # made before logging drivers: the router's default local files
+        try:
+            self.plugins.hook.moorage_log_config(container_id=container.id, container_name=container.record.name,
+                                                 driver=options["log_driver"], opts=options.get("log_opts") or {})
+        except MoorError as exc:
+            log.error("container %s: log driver %s unavailable (%s); its output goes to local files",
+                      container.id, options["log_driver"], exc.message)
 
     @staticmethod
     def _stored_options(request: dict, image) -> dict:
@@ -665,6 +691,7 @@ class Manager:
         self.store.set_setting("boot_id", self.boot_id)
         for record in self.store.all():
             self.containers[record.id] = Container(record)
+            self._restore_log_config(self.containers[record.id])
         await asyncio.gather(*(self._restore_one(c, rebooted) for c in list(self.containers.values())),
                              *(self._finish_removal(row) for row in self.store.removals()))
 

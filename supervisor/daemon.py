@@ -45,6 +45,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--log-max-files", type=int, help="container log files kept, the current one included")
     parser.add_argument("--plugin-timeout", type=float,
                         help="seconds moord waits for a blocking plugin hook before it gives up (default 10)")
+    parser.add_argument("--log-driver", help="logging driver of containers that set none: local, json-file, "
+                                             "journald, syslog or none (default local)")
+    parser.add_argument("--log-opt", action="append", metavar="KEY=VALUE",
+                        help="option of the default logging driver, for example max-size=10m (repeatable)")
+    parser.add_argument("--metrics-address", help="serve Prometheus metrics on HOST:PORT or a unix socket path "
+                                                  "(default: off)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="moord's own log level")
     parser.add_argument("--version", action="version", version=f"moord {VERSION}")
     return parser.parse_args(argv)
@@ -97,6 +103,7 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
 
     await manager.restore()
     health.resume()
+    metrics_server = await _start_metrics_server(config, manager)
     api = Api(manager, context, config.api_socket, VERSION)
     log.info("moord %s serving on %s (root %s)", VERSION, config.api_socket, config.root)
     stop = asyncio.Event()
@@ -109,6 +116,8 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     log.info("moord stopping; containers keep running")
     server.cancel()
     health.close()
+    if metrics_server is not None:
+        metrics_server.close()
     manager.close()
     await plugins.shutdown()
     await launcher.stop()
@@ -119,12 +128,37 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     context.destroy(linger=0)
 
 
+async def _start_metrics_server(config: daemon_config.DaemonConfig, manager: Manager):
+    if not config.metrics_address:
+        return None
+    from plugins.prometheus import start_server
+    try:
+        return await start_server(config.metrics_address, manager)
+    except OSError as exc:
+        log.error("metrics endpoint on %s failed to start, moord serves without it: %s", config.metrics_address, exc)
+        return None
+
+
+def _log_opts(entries: list[str] | None) -> dict | None:
+    if not entries:
+        return None
+    opts = {}
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        if not sep or not key:
+            raise MoorError(f"invalid --log-opt {entry!r}: use KEY=VALUE")
+        opts[key] = value
+    return opts
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     overrides = {"root": args.root, "state": args.state, "runtime": args.runtime, "snapshotter": args.snapshotter, "spool_limit": args.spool_limit,
                  "log_max_size": args.log_max_size, "log_max_files": args.log_max_files,
-                 "log_level": args.log_level, "plugin_timeout": args.plugin_timeout}
+                 "log_level": args.log_level, "plugin_timeout": args.plugin_timeout,
+                 "log_driver": args.log_driver, "metrics_address": args.metrics_address}
     try:
+        overrides["log_opts"] = _log_opts(args.log_opt)
         config = daemon_config.load(args.config, overrides)
         config.root.mkdir(parents=True, exist_ok=True, mode=0o711)
         config.state.mkdir(parents=True, exist_ok=True, mode=0o700)

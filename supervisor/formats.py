@@ -30,6 +30,7 @@ def inspect(container, manager) -> dict:
     """Return a docker-like description of one container."""
     record = container.record
     process = record.spec.get("process", {})
+    log_status = manager.plugins.hook.moorage_log_status(container_id=record.id) or {}
     return {
         "Id": record.id,
         "Name": record.name,
@@ -66,10 +67,13 @@ def inspect(container, manager) -> dict:
             "AutoRemove": bool(record.options.get("auto_remove")),
             "ReadonlyRootfs": bool(record.spec.get("root", {}).get("readonly")),
             "Binds": list(record.options.get("volumes", [])),
+            "LogConfig": {"Type": record.options.get("log_driver", "local"),
+                          "Config": dict(record.options.get("log_opts") or {})},
         },
         "Shim": {"Pid": record.shim_pid, "Generation": record.task_gen,
                  "Socket": str(manager.shim_folder(record.id) / "shim.sock") if record.shim_pid else ""},
-        "LogPath": str(manager.folder(record.id) / "logs" / "container.log"),
+        "LogPath": log_status.get("Path", ""),
+        "LogDriver": {"Name": log_status.get("Name", ""), "Dropped": log_status.get("Dropped", 0)},
         "Rootfs": record.spec.get("root", {}).get("path", ""),
     }
 
@@ -82,8 +86,8 @@ def image(image) -> dict:
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h)$")
 
 
-def since_timestamp(value) -> str | None:
-    """Turn ``--since`` (RFC 3339, unix seconds, or a duration like 10m) into a log timestamp."""
+def since_timestamp(value, flag: str = "--since") -> str | None:
+    """Turn ``--since`` or ``--until`` (RFC 3339, unix seconds, or a duration like 10m ago) into a log timestamp."""
     if value in (None, ""):
         return None
     from plugins.filelog import format_time
@@ -100,7 +104,7 @@ def since_timestamp(value) -> str | None:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise InvalidArgument(
-            f"invalid --since value {text!r}: use RFC 3339 (2026-12-04T10:00:00Z), unix seconds or 10m") from None
+            f"invalid {flag} value {text!r}: use RFC 3339 (2026-12-04T10:00:00Z), unix seconds or 10m") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
     return format_time(parsed.timestamp())

@@ -200,6 +200,27 @@ def moorage_read_logs(container_id: str) -> Iterator[tuple[str, int, bytes, int,
     """
 
 
+@hookspec
+def moorage_log_config(container_id: str, container_name: str, driver: str, opts: dict) -> None:
+    """Called before a container's first output is delivered: when moord creates it and when it restores it.
+
+    ``driver`` and ``opts`` are the container's logging driver and options,
+    from ``moor run --log-driver/--log-opt`` or moord's ``[logging]`` config.
+    A plugin that routes output keeps them.  At create, raising
+    ``InvalidArgument`` or ``FailedPrecondition`` rejects the container with
+    that message; at restore the error is logged and output goes to the
+    ``local`` driver.
+    """
+
+
+@hookspec(firstresult=True)
+def moorage_log_status(container_id: str) -> dict | None:
+    """Return ``{"Name": driver, "Dropped": messages not delivered, "Path": file or ""}`` for inspect.
+
+    The first plugin that returns a value wins.
+    """
+
+
 # -- metrics ------------------------------------------------------------------
 
 @hookspec

@@ -51,13 +51,18 @@ _OBSERVED_TOPICS = {
 }
 
 
-def _filelog(config):
-    from plugins.filelog import FileLogger
-    return FileLogger(config.root, config.log_max_size, config.log_max_files)
+def _logging(config):
+    from plugins.logdrivers import LogRouter
+    return LogRouter(config.root, config.log_driver, config.log_opts, config.log_max_size, config.log_max_files)
+
+
+def _metrics(config):
+    from plugins.metrics import CgroupMetrics
+    return CgroupMetrics()
 
 
 # Built-in plugins by name: a factory that takes the DaemonConfig.
-BUILTINS = {"filelog": _filelog}
+BUILTINS = {"logging": _logging, "metrics": _metrics}
 
 
 class PluginFailure(Exception):

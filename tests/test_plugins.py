@@ -37,14 +37,14 @@ def test_plugin_ls_shows_version_and_hooks(moord_factory, site, tmp_path):
     assert plugins["recorder_ls"]["version"] == "2.3.1"
     assert plugins["recorder_ls"]["state"] == "enabled"
     assert "moorage_task_started" in plugins["recorder_ls"]["hooks"]
-    assert plugins["filelog"]["state"] == "enabled"
+    assert plugins["logging"]["state"] == "enabled"
 
 
 def test_plugin_ls_table_has_header(moord):
     lines = moord.moor("plugin", "ls").stdout.decode().splitlines()
 
     assert lines[0].split() == ["NAME", "VERSION", "STATE", "ERRORS", "SOURCE", "HOOKS"]
-    assert lines[1].startswith("filelog")
+    assert lines[1].startswith("logging")
 
 
 def test_plugin_configure_gets_its_table(moord_factory, site, tmp_path):
@@ -84,12 +84,12 @@ def test_plugin_disabled_not_loaded(moord_factory, site, tmp_path):
 
 def test_plugin_builtin_can_be_disabled(moord_factory, site):
     site.mkdir()
-    moord = start_with_plugins(moord_factory, site, "[plugins.filelog]\nenabled = false\n")
+    moord = start_with_plugins(moord_factory, site, "[plugins.logging]\nenabled = false\n")
 
     moord.moor("run", "--name", "nolog", "busybox", "echo", "hi")
     result = moord.moor("logs", "nolog", check=False)
 
-    assert plugin_list(moord)["filelog"]["state"] == "disabled"
+    assert plugin_list(moord)["logging"]["state"] == "disabled"
     assert result.returncode == protocol.FailedPrecondition.exit_code
 
 
