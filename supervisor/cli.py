@@ -42,6 +42,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop-signal", help="signal that `moor stop` sends (default: the image's or SIGTERM)")
     parser.add_argument("--stop-timeout", type=int, help="seconds `moor stop` waits before SIGKILL (default 10)")
     parser.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="set a label")
+    parser.add_argument("--network", "--net", help="bridge (default), none, host, container:NAME, or a network name")
+    parser.add_argument("--ip", help="IPv4 address on the network (default: the next free one)")
+    parser.add_argument("--add-host", action="append", default=[], metavar="NAME:IP", help="add a line to /etc/hosts")
+    parser.add_argument("--dns", action="append", default=[], metavar="IP",
+                        help="name server for /etc/resolv.conf (default: the host's non-loopback ones)")
+    parser.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOSTPORT:PORT[/PROTO]",
+                        help="publish a container port on the host")
+    parser.add_argument("-P", "--publish-all", action="store_true",
+                        help="publish every port the image exposes on a free host port")
     parser.add_argument("--spec", help="use this OCI config.json instead of generating one (root.path is replaced)")
     parser.add_argument("image", help="image name, for example busybox")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="command and arguments (default: the image's)")
@@ -110,6 +119,21 @@ def _parser() -> argparse.ArgumentParser:
     image_rm.add_argument("images", nargs="+", metavar="IMAGE")
     sub.add_parser("images", help="list images (same as `image ls`)")
 
+    network = sub.add_parser("network", help="manage networks")
+    network_sub = network.add_subparsers(dest="network_command", required=True, metavar="COMMAND")
+    network_create = network_sub.add_parser("create", help="create a bridge network")
+    network_create.add_argument("--subnet", required=True, help="IPv4 CIDR, for example 10.231.5.0/24")
+    network_create.add_argument("--gateway", help="the bridge's address (default: the first in the subnet)")
+    network_create.add_argument("--mtu", type=int, default=1500, help="MTU of the bridge and the veths")
+    network_create.add_argument("--internal", action="store_true", help="no default route, no masquerade")
+    network_create.add_argument("--bridge", help="bridge interface name (default mb-NAME)")
+    network_create.add_argument("name")
+    network_sub.add_parser("ls", help="list networks")
+    network_inspect = network_sub.add_parser("inspect", help="show networks as JSON")
+    network_inspect.add_argument("names", nargs="+", metavar="NETWORK")
+    network_rm = network_sub.add_parser("rm", help="remove networks")
+    network_rm.add_argument("names", nargs="+", metavar="NETWORK")
+
     sub.add_parser("version", help="print client and moord versions")
     sub.add_parser("info", help="print moord's settings and counts")
     return parser
@@ -140,7 +164,9 @@ def _run_request(args) -> dict:
     if args.entrypoint is not None:
         options["entrypoint"] = [args.entrypoint] if args.entrypoint else []
     request = {"image": args.image, "name": args.name, "restart": args.restart, "options": options,
-               "labels": labels, "stop_signal": args.stop_signal}
+               "labels": labels, "stop_signal": args.stop_signal,
+               "network": {"mode": args.network, "ip": args.ip, "add_hosts": args.add_host, "dns": args.dns,
+                           "ports": args.publish, "publish_all": args.publish_all}}
     if args.stop_timeout is not None:
         request["stop_timeout"] = args.stop_timeout
     if args.spec:
@@ -371,6 +397,35 @@ def _image_ls(client, quiet: bool) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_network(client, args) -> int:
+    command = args.network_command
+    if command == "create":
+        network = client.call("network_create", name=args.name, subnet=args.subnet, gateway=args.gateway,
+                              mtu=args.mtu, internal=args.internal, bridge=args.bridge)
+        print(network["name"])
+    elif command == "ls":
+        rows = [("NAME", "DRIVER", "SUBNET", "BRIDGE", "CONTAINERS")]
+        for item in client.call("network_ls"):
+            rows.append((item["name"], item["driver"], item.get("subnet", ""), item.get("bridge", ""),
+                         str(item.get("containers", ""))))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    elif command == "inspect":
+        print(json.dumps([client.call("network_inspect", name=name) for name in args.names], indent=2))
+    elif command == "rm":
+        status = 0
+        for name in args.names:
+            try:
+                client.call("network_rm", name=name)
+                print(name)
+            except MoorError as exc:
+                print(f"moor: {exc.message}", file=sys.stderr)
+                status = exc.exit_code
+        return status
     return 0
 
 

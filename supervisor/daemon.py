@@ -17,6 +17,7 @@ import pluggy
 import zmq
 import zmq.asyncio
 
+import netplugins
 from shim.protocol import MoorError
 from supervisor import config as daemon_config
 from supervisor import hookspecs
@@ -43,6 +44,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--spool-limit", type=int, help="bytes of output a shim keeps while moord is away")
     parser.add_argument("--log-max-size", type=int, help="bytes per container log file before rotation")
     parser.add_argument("--log-max-files", type=int, help="container log files kept, the current one included")
+    parser.add_argument("--default-network", help="network of `moor run` without --network (default bridge)")
+    parser.add_argument("--bridge-name", help="interface name of the default bridge network (default moor0)")
+    parser.add_argument("--bridge-subnet", help="subnet of the default bridge network (default 172.28.0.0/16)")
+    parser.add_argument("--nft-table", help="nftables table (family ip) for published ports (default moorage)")
+    parser.add_argument("--cni-conf-dir", help="folder of CNI network lists (default /etc/cni/net.d)")
+    parser.add_argument("--cni-bin-dir", help="folder of CNI plugin binaries (default /usr/lib/cni)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="moord's own log level")
     parser.add_argument("--version", action="version", version=f"moord {VERSION}")
     return parser.parse_args(argv)
@@ -76,12 +83,14 @@ def _raise_file_limit() -> dict[int, tuple[int, int]]:
     return original
 
 
-def _plugin_manager(config) -> pluggy.PluginManager:
+def _plugin_manager(config, net_plugins: list) -> pluggy.PluginManager:
     from plugins.filelog import FileLogger
 
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     manager.register(FileLogger(config.root, config.log_max_size, config.log_max_files), name="filelog")
+    for plugin in net_plugins:
+        manager.register(plugin, name=f"net-{type(plugin).__name__}")
     manager.load_setuptools_entrypoints("moorage.plugins")
     manager.check_pending()
     return manager
@@ -92,13 +101,14 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
 
     context = zmq.asyncio.Context()
     store = Store(config.db_path)
-    plugins = _plugin_manager(config)
+    networks, net_plugins = netplugins.build(config)
+    plugins = _plugin_manager(config, net_plugins)
     events = EventBus(context, config.events_socket)
     launcher = Launcher(config.state / "launcher.log", rlimits)
     await launcher.start()
     images = ImageStore(config.root, config.db_path, config.snapshotter)
     manager = Manager(config, store, images, events, plugins, launcher, context,
-                      nofile_limits=rlimits[resource.RLIMIT_NOFILE])
+                      nofile_limits=rlimits[resource.RLIMIT_NOFILE], networks=networks)
     plugins.hook.moorage_startup(config=config)
 
     await manager.restore()
@@ -126,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     overrides = {"root": args.root, "state": args.state, "runtime": args.runtime, "snapshotter": args.snapshotter, "spool_limit": args.spool_limit,
                  "log_max_size": args.log_max_size, "log_max_files": args.log_max_files,
-                 "log_level": args.log_level}
+                 "log_level": args.log_level, "default_network": args.default_network,
+                 "bridge_name": args.bridge_name, "bridge_subnet": args.bridge_subnet, "nft_table": args.nft_table,
+                 "cni_conf_dir": args.cni_conf_dir, "cni_bin_dir": args.cni_bin_dir}
     try:
         config = daemon_config.load(args.config, overrides)
         config.root.mkdir(parents=True, exist_ok=True, mode=0o711)

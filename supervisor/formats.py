@@ -63,6 +63,7 @@ def inspect(container, manager) -> dict:
             "ReadonlyRootfs": bool(record.spec.get("root", {}).get("readonly")),
             "Binds": list(record.options.get("volumes", [])),
         },
+        "NetworkSettings": dict(record.network, Mode=(record.options.get("network") or {}).get("mode", "none")),
         "Shim": {"Pid": record.shim_pid, "Generation": record.task_gen,
                  "Socket": str(manager.shim_folder(record.id) / "shim.sock") if record.shim_pid else ""},
         "LogPath": str(manager.folder(record.id) / "logs" / "container.log"),

@@ -74,3 +74,32 @@ def moorage_read_logs(container_id: str) -> Iterator[tuple[str, int, bytes, int,
 @hookspec
 def moorage_container_removed(container_id: str) -> None:
     """Called after a container is removed; drop anything kept for it.  Errors are logged."""
+
+
+# -- container networking --------------------------------------------------
+
+@hookspec
+def moorage_network_setup(container_id: str, netns: str, network: dict, options: dict) -> dict:
+    """Configure a container's network; called before ``runc create``.
+
+    ``netns`` is the path of the network namespace that moord made and
+    pinned for the container ("" for ``--network host``).  ``network``
+    describes the network; its ``driver`` says which plugin serves it, and an
+    implementation returns None for networks it does not serve.  ``options``
+    holds the container's ``name``, ``hostname``, ``ip``, ``ports``,
+    ``publish_all``, ``exposed_ports``, ``add_hosts``, ``dns`` and
+    ``files_dir``, the folder of the hosts, hostname and resolv.conf files
+    that moord bind-mounts into the container.  Return what ``moor inspect``
+    shows (interfaces, addresses, ports).  Raising vetoes the start: moord
+    then calls ``moorage_network_teardown`` to undo what was done.
+    """
+
+
+@hookspec
+def moorage_network_teardown(container_id: str, netns: str, network: dict) -> None:
+    """Undo a container's network setup; called on exit, on removal and by moord's start-up reconcile.
+
+    It may run after a setup that failed half-way, or more than once, so it
+    must be idempotent and must not assume that anything exists.  ``netns``
+    may already be gone.
+    """
