@@ -1,5 +1,6 @@
 #!/bin/sh
 # Install what Moorage needs on Debian or Ubuntu, as root: runc, busybox-static,
+# nftables (published ports), containernetworking-plugins (the cni network type),
 # a virtual environment at $MOORAGE_VENV (default /opt/moorage) holding this
 # checkout, and links to moor, moord and moor-shim in /usr/local/bin.
 # Run it again at any time; it only adds what is missing.
@@ -19,6 +20,8 @@ command -v runc >/dev/null 2>&1 || missing="$missing runc"
 [ -x /bin/busybox ] || missing="$missing busybox-static"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
 command -v python3 >/dev/null 2>&1 || missing="$missing python3"
+command -v nft >/dev/null 2>&1 || missing="$missing nftables"
+[ -x /usr/lib/cni/bridge ] || missing="$missing containernetworking-plugins"
 if [ -n "$missing" ]; then
     echo "install.sh: installing$missing with apt-get"
     apt-get update -qq

@@ -40,12 +40,15 @@ class BridgePlugin:
     def __init__(self, db: NetworkDB, rules: portlib.Rules):
         self.db = db
         self.rules = rules
+        self.ready: set[str] = set()   # bridges this process has set up (gateway, sysctl, masquerade)
 
     @hookimpl
     def moorage_network_setup(self, container_id: str, netns: str, network: dict, options: dict) -> dict | None:
         if network.get("driver") != "bridge":
             return None
-        ensure_bridge(network, self.rules)
+        if network["bridge"] not in self.ready or not _exists(network["bridge"]):
+            ensure_bridge(network, self.rules)
+            self.ready.add(network["bridge"])
         address = self._lease(container_id, network, options)
         interface = self._plug(container_id, Path(netns), network, address)
         published = self._publish(container_id, address, options)
@@ -135,6 +138,10 @@ def ensure_bridge(network: dict, rules: portlib.Rules) -> None:
     Path(f"/proc/sys/net/ipv4/conf/{network['bridge']}/route_localnet").write_text("1")
     if not network["internal"]:
         rules.masquerade(network["subnet"], True)
+
+
+def _exists(name: str) -> bool:
+    return Path(f"/sys/class/net/{name}").exists()
 
 
 def remove_bridge(network: dict, rules: portlib.Rules) -> None:

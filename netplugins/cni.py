@@ -92,6 +92,7 @@ class CniPlugin:
 
     def check(self, container_id: str, netns: str) -> None:
         """Run CHECK through the list with the cached result; raise CniError if a plugin objects."""
+        # TODO: run CHECK from moord too (at reconnect, or a `moor network check`); only callers of this method use it now.
         cached = self._cached(container_id)
         if cached is None or cached["result"] is None:
             raise CniError(f"no CNI result is cached for container {container_id}")

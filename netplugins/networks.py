@@ -65,15 +65,21 @@ class Networks:
     # -- create, list, remove ------------------------------------------------------
 
     def create(self, name: str, subnet: str, gateway: str | None, mtu: int, internal: bool,
-               bridge_name: str | None) -> dict:
-        """Add a bridge network; its bridge is made when its first container starts."""
+               bridge_name: str | None, driver: str = "bridge") -> dict:
+        """Add a network; a bridge network's bridge is made when its first container starts.
+
+        A driver other than ``bridge`` is served by a plugin that moord loaded
+        (see docs/netplugins.md); moord stores the network and checks its subnet.
+        """
         if not isinstance(name, str) or not _NAME.match(name) or name in BUILT_IN or name == "bridge":
             raise InvalidArgument(f"invalid network name {name!r}: use letters, digits, '_', '.' and '-' "
                                   "(none, host and bridge are reserved)")
-        return self._create(name, subnet, gateway, mtu, internal, bridge_name)
+        if not isinstance(driver, str) or not _NAME.match(driver) or driver in ("none", "host", "container", "cni"):
+            raise InvalidArgument(f"invalid driver {driver!r}: give bridge or the driver of a network plugin")
+        return self._create(name, subnet, gateway, mtu, internal, bridge_name, driver)
 
     def _create(self, name: str, subnet: str, gateway: str | None, mtu: int, internal: bool,
-                bridge_name: str | None) -> dict:
+                bridge_name: str | None, driver: str = "bridge") -> dict:
         if self.db.network(name) or cni.find_conflist(self.settings["cni_conf_dir"], name):
             raise AlreadyExists(f"network {name} already exists (see `moor network inspect {name}`)")
         network = _check_subnet(subnet, gateway)
@@ -83,7 +89,7 @@ class Networks:
         if not isinstance(mtu, int) or not 68 <= mtu <= 65535:
             raise InvalidArgument(f"invalid MTU {mtu!r}: give a number from 68 to 65535")
         self._check_unused(network, bridge_name)
-        record = {"name": name, "driver": "bridge", "subnet": str(network), "bridge": bridge_name,
+        record = {"name": name, "driver": driver, "subnet": str(network), "bridge": bridge_name,
                   "gateway": gateway or str(next(network.hosts())), "mtu": mtu, "internal": bool(internal)}
         self.db.add_network(record)
         return self.db.network(name)
@@ -111,7 +117,8 @@ class Networks:
         if users:
             ids = ", ".join(lease["container_id"][:12] for lease in users)
             raise FailedPrecondition(f"network {name} is in use by container(s) {ids}: stop or remove them first")
-        bridge.remove_bridge(network, self.rules)
+        if network["driver"] == "bridge":
+            bridge.remove_bridge(network, self.rules)
         self.db.remove_network(name)
 
     def list(self) -> list[dict]:

@@ -246,7 +246,8 @@ class Api:
         networks = self.manager.networks
         return await asyncio.to_thread(networks.create, request.get("name"), request.get("subnet"),
                                        request.get("gateway"), request.get("mtu") or 1500,
-                                       bool(request.get("internal")), request.get("bridge"))
+                                       bool(request.get("internal")), request.get("bridge"),
+                                       request.get("driver") or "bridge")
 
     async def op_network_ls(self, request, stream):
         return await asyncio.to_thread(self.manager.networks.list)

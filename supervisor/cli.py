@@ -127,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     network_create.add_argument("--mtu", type=int, default=1500, help="MTU of the bridge and the veths")
     network_create.add_argument("--internal", action="store_true", help="no default route, no masquerade")
     network_create.add_argument("--bridge", help="bridge interface name (default mb-NAME)")
+    network_create.add_argument("--driver", default="bridge", help="bridge, or the driver of a network plugin")
     network_create.add_argument("name")
     network_sub.add_parser("ls", help="list networks")
     network_inspect = network_sub.add_parser("inspect", help="show networks as JSON")
@@ -404,7 +405,7 @@ def cmd_network(client, args) -> int:
     command = args.network_command
     if command == "create":
         network = client.call("network_create", name=args.name, subnet=args.subnet, gateway=args.gateway,
-                              mtu=args.mtu, internal=args.internal, bridge=args.bridge)
+                              mtu=args.mtu, internal=args.internal, bridge=args.bridge, driver=args.driver)
         print(network["name"])
     elif command == "ls":
         rows = [("NAME", "DRIVER", "SUBNET", "BRIDGE", "CONTAINERS")]
