@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Network setup and teardown cost per container, and 100 containers on one bridge.
 
-Three parts, all on a bridge, subnets and an nftables table of the benchmark's
-own (subnets from 10.231.0.0/16 that no host route covers); no traffic is sent:
+The benchmark has three parts.  All of them use a bridge, subnets and an
+nftables table of the benchmark's own, with subnets from 10.231.0.0/16 that no
+host route covers.  No traffic is sent.
 
 * hooks: network namespace creation, ``moorage_network_setup`` and
   ``moorage_network_teardown`` and namespace removal, called directly as moord

@@ -37,7 +37,7 @@ class BasicPlugin:
 
 
 def build(config) -> tuple[Networks, list]:
-    """The network registry and the built-in plugin objects for one moord."""
+    """Build the network registry and the built-in plugin objects for one moord."""
     db = NetworkDB(config.db_path)
     rules = ports.Rules(config.nft_table)
     settings = {"bridge_network": DEFAULT_NETWORK, "bridge_name": config.bridge_name,

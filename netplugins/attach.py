@@ -1,5 +1,5 @@
-"""What moord does around the network hooks: check ``moor run``'s network flags, and put the
-namespace path and the hosts files into the container's OCI config."""
+"""Helpers of moord around the network hooks: checks of ``moor run``'s network flags, and the
+namespace path and hosts files in the container's OCI config."""
 
 from __future__ import annotations
 
@@ -50,20 +50,20 @@ def _add_host(entry) -> str:
 
 
 def exposed_ports(image_config: dict) -> list[str]:
-    """The keys of the image's ExposedPorts (``80/tcp``), for ``-P``."""
+    """Return the keys of the image's ExposedPorts (``80/tcp``), for ``-P``."""
     config = image_config.get("config", image_config) if isinstance(image_config, dict) else {}
     exposed = (config or {}).get("ExposedPorts") or {}
     return sorted(key for key in exposed if isinstance(key, str))
 
 
 def uses_own_namespace(spec: dict) -> bool:
-    """Whether the OCI config asks for a new network namespace (one moord should make and configure)."""
+    """Check whether the OCI config requests a new network namespace (one that moord makes and configures)."""
     namespaces = spec.get("linux", {}).get("namespaces", [])
     return any(ns.get("type") == "network" and not ns.get("path") for ns in namespaces)
 
 
 def spec_with_network(spec: dict, netns: str, files_dir: Path | None) -> dict:
-    """A copy of the config that joins ``netns`` ("" for the host's namespace) and mounts the files."""
+    """Copy the config, joining ``netns`` ("" for the host's namespace) and mounting the files."""
     spec = copy.deepcopy(spec)
     namespaces = [ns for ns in spec["linux"]["namespaces"] if ns.get("type") != "network"]
     if netns:
@@ -80,7 +80,7 @@ def spec_with_network(spec: dict, netns: str, files_dir: Path | None) -> dict:
 
 
 def write_files(files_dir: Path, driver: str, hostname: str, result: dict, net: dict) -> None:
-    """Hosts files for a network whose plugin wrote none (none, host, cni)."""
+    """Write the hosts files for a network whose plugin wrote none (none, host, cni)."""
     if (files_dir / "hosts").exists():
         return
     if driver == "host":

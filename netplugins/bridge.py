@@ -1,9 +1,10 @@
 """The ``bridge`` network plugin: one Linux bridge per network, one veth pair per container.
 
-Setup, in order: make the bridge if it is missing (with the gateway address
-and ``route_localnet``), lease an address, create the veth pair with its peer
-made directly inside the container's namespace as ``eth0``, give ``eth0`` its
-address, MTU and default route, publish ports, then write the hosts files.
+Setup runs these steps in order.  It makes the bridge if it is missing, with
+the gateway address and ``route_localnet``, and leases an address.  It
+creates the veth pair with its peer made directly inside the container's
+namespace as ``eth0``, and gives ``eth0`` its address, MTU and default route.
+Last, it publishes ports and writes the hosts files.
 Teardown undoes each step by the container id alone, so it also cleans up
 after a setup that stopped half-way, and running it twice is harmless.
 """

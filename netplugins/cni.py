@@ -1,13 +1,13 @@
 """The ``cni`` network plugin: runs standard CNI plugins from a network configuration list.
 
-It follows the CNI specification (versions 0.4.0 and 1.0.0): each plugin of
-the list is run with ``CNI_COMMAND``, ``CNI_CONTAINERID``, ``CNI_NETNS``,
-``CNI_IFNAME`` and ``CNI_PATH`` in its environment and its own configuration
-on stdin, with ``name`` and ``cniVersion`` from the list and, after the first
-plugin, the previous plugin's result as ``prevResult``.  ADD goes through
+It follows the CNI specification, versions 0.4.0 and 1.0.0.  Each plugin of
+the list runs with ``CNI_COMMAND``, ``CNI_CONTAINERID``, ``CNI_NETNS``,
+``CNI_IFNAME`` and ``CNI_PATH`` in its environment.  Its stdin is its own
+configuration, with ``name`` and ``cniVersion`` from the list and, after the
+first plugin, the previous plugin's result as ``prevResult``.  ADD goes through
 the list in order, DEL in reverse.  The final ADD result is cached per
 container, because DEL and CHECK need it as ``prevResult``.  Capabilities
-the list asks for (``portMappings``) are passed as ``runtimeConfig``.
+that the list requests (``portMappings``) are passed as ``runtimeConfig``.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ def _host_nameservers(host_file: Path) -> tuple[list[str], list[str]]:
 
 
 def write(folder: Path, name: str, text: str) -> Path:
-    """Write one file in place, so that a bind mount of it sees the new content."""
+    """Write one file in place, so that a bind mount of it shows the new content."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     with open(path, "a+") as handle:

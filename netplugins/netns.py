@@ -1,6 +1,6 @@
 """Network namespaces that moord makes before ``runc create``, pinned by a bind mount.
 
-A namespace lives as long as something holds it.  moord unshares a new one in
+A namespace exists as long as a process, an open file or a mount refers to it.  moord unshares a new one in
 a short-lived thread (unshare changes only the calling thread) and bind-mounts
 that thread's ``/proc/self/task/TID/ns/net`` onto a file under the state
 folder, the way ``ip netns add`` does under /run/netns.  The mount keeps the
@@ -58,7 +58,7 @@ def create(path: Path) -> None:
 
 
 def is_pinned(path: Path) -> bool:
-    """Whether ``path`` is a mounted namespace file, not a bare placeholder."""
+    """Check whether ``path`` is a mounted namespace file, not a bare placeholder."""
     target = str(path)
     with open("/proc/self/mountinfo") as mounts:
         return any(line.split()[4] == target for line in mounts)
@@ -74,7 +74,7 @@ def remove(path: Path) -> None:
 
 
 def open_netlink(path: Path | str) -> IPRoute:
-    """An rtnetlink socket inside the namespace at ``path``.
+    """Open an rtnetlink socket inside the namespace at ``path``.
 
     A socket belongs to the namespace of the thread that created it, so a
     short-lived thread enters the namespace and makes the socket.  pyroute2's

@@ -35,7 +35,7 @@ class Networks:
         self.settings = settings
 
     def resolve(self, name: str) -> dict:
-        """The network dict passed to the hooks for a ``--network`` value."""
+        """Build the network dict that the hooks get for a ``--network`` value."""
         if name in BUILT_IN:
             return {"name": name, "driver": name}
         if name.startswith("container:"):

@@ -56,7 +56,10 @@ def exposed(image_ports: list[str]) -> list[dict]:
 
 
 def check_free(port: dict) -> dict:
-    """Bind the host port once to see that no process holds it; pick one when it is 0.  Holds nothing."""
+    """Bind the host port once to check that no process uses it, and pick a free one when it is 0.
+
+    The probe socket is closed on return, so moord keeps no port open.
+    """
     kind = socket.SOCK_STREAM if port["proto"] == "tcp" else socket.SOCK_DGRAM
     with socket.socket(socket.AF_INET, kind) as probe:
         if kind == socket.SOCK_STREAM:
@@ -85,7 +88,7 @@ def _nft(script: str) -> None:
 
 
 def table_script(table: str) -> str:
-    """The table, maps and chains; loading it again changes nothing that exists."""
+    """Build the nft script of the table, maps and chains.  Loading it again keeps the map elements."""
     return f"""
 table ip {table} {{
   map ports_any {{ type inet_proto . inet_service : ipv4_addr . inet_service; }}

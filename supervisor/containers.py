@@ -356,7 +356,7 @@ class Manager:
         return attach.spec_with_network(record.spec, netns_path, files_dir)
 
     def _network_target(self, container: Container, net: dict) -> tuple[dict, str, Path]:
-        """The network dict, the namespace path and the folder of the hosts files for a start."""
+        """Find the network dict, the namespace path and the folder of the hosts files for a start."""
         from netplugins import netns
 
         files_dir = self.folder(container.id) / "net"

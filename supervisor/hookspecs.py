@@ -84,8 +84,8 @@ def moorage_network_setup(container_id: str, netns: str, network: dict, options:
 
     ``netns`` is the path of the network namespace that moord made and
     pinned for the container ("" for ``--network host``).  ``network``
-    describes the network; its ``driver`` says which plugin serves it, and an
-    implementation returns None for networks it does not serve.  ``options``
+    describes the network.  Its ``driver`` names the plugin that serves it, and
+    an implementation returns None for networks it does not serve.  ``options``
     holds the container's ``name``, ``hostname``, ``ip``, ``ports``,
     ``publish_all``, ``exposed_ports``, ``add_hosts``, ``dns`` and
     ``files_dir``, the folder of the hosts, hostname and resolv.conf files

@@ -1,8 +1,8 @@
 """Network namespaces made by moord and the none, host, container and bridge networks.
 
-Every test runs its own moord whose default bridge, subnets and nftables
-table belong to the test (see netfixture.py); containers talk only to each
-other and to the host over the test's own bridges.
+Every test runs its own moord, and the default bridge, subnets and nftables
+table of that moord belong to the test (see netfixture.py).  Containers talk
+only to each other and to the host over the test's own bridges.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def lease_addresses(env, network: str) -> list[str]:
 
 # -- namespaces ----------------------------------------------------------------------
 
-def test_netns_is_pinned_under_state_and_joined_by_the_container(netenv):
+def test_netns_pinned_and_joined(netenv):
     info = start_web(netenv, "pin")
     pinned = netenv.moord.state / "netns" / info["Id"]
     inside = os.stat(f"/proc/{info['State']['Pid']}/ns/net").st_ino
@@ -76,7 +76,7 @@ def test_host_network_sees_the_host_interfaces(netenv):
     assert set(output.split()) == set(os.listdir("/sys/class/net"))
 
 
-def test_host_network_gets_a_copy_of_the_host_hosts_file(netenv):
+def test_host_network_hosts_file(netenv):
     output = run_output(netenv, "--network", "host", "busybox", "cat", "/etc/hosts")
     assert output == Path("/etc/hosts").read_text()
 
@@ -96,7 +96,7 @@ def test_container_network_of_a_stopped_container_is_refused(netenv):
 
 # -- bridge ----------------------------------------------------------------------------
 
-def test_bridge_gives_eth0_an_address_and_a_default_route(netenv):
+def test_bridge_default_route(netenv):
     output = run_output(netenv, "busybox", "ip", "route")
     gateway = str(next(iter(netenv.subnets[0].hosts())))
     assert f"default via {gateway} dev eth0" in output
@@ -138,13 +138,13 @@ def test_resolv_conf_skips_loopback_name_servers(netenv):
     assert resolv_text([], host_file) == "nameserver 10.231.250.1\nsearch example.test\n"
 
 
-def test_containers_on_one_network_reach_each_other_by_name(netenv):
+def test_bridge_peers_reach_by_name(netenv):
     start_web(netenv, "alpha")
     output = run_output(netenv, "busybox", "wget", "-qO-", "http://alpha/")
     assert output == "hello-from-alpha\n"
 
 
-def test_containers_reach_each_other_by_address(netenv):
+def test_bridge_peers_reach_by_address(netenv):
     start_web(netenv, "beta")
     address = settings(netenv, "beta")["ip_address"]
     assert run_output(netenv, "busybox", "wget", "-qO-", f"http://{address}/") == "hello-from-beta\n"
@@ -251,7 +251,7 @@ def test_masquerade_rule_covers_the_bridge_subnet(netenv):
     assert f"elements = {{ {netenv.default_subnet} }}" in table
 
 
-def test_internal_network_has_no_default_route_and_no_masquerade(netenv):
+def test_internal_network_isolated(netenv):
     info = netenv.network("inner", 24, "--internal")
     output = run_output(netenv, "--network", "inner", "busybox", "ip", "route")
     assert "default" not in output

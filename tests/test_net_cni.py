@@ -56,7 +56,7 @@ def fetch(address: str, port: int) -> str | None:
         return None
 
 
-def test_cni_run_gives_eth0_an_address_from_the_list(netenv):
+def test_cni_address_from_list(netenv):
     conf = write_conflist(netenv, "cnet")
     output = netenv.moord.moor("run", "--rm", "--network", "cnet", "busybox", "ip", "-4", "-o", "addr", "show",
                                "eth0").stdout.decode()
@@ -105,7 +105,7 @@ def test_cni_network_is_listed(netenv):
     assert any(line.split()[:2] == ["clisted", "cni"] for line in output.splitlines())
 
 
-def test_cni_plugin_failure_fails_the_start_and_leaves_no_namespace(netenv):
+def test_cni_plugin_failure_cleans_up(netenv):
     write_conflist(netenv, "cbroken", [{"type": "no-such-plugin"}])
     result = netenv.moord.moor("run", "--rm", "--network", "cbroken", "busybox", "true", check=False)
     assert b"failed to set up network cbroken" in result.stderr

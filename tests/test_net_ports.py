@@ -1,4 +1,4 @@
-"""Published ports (-p) through moord's nftables table, and cases PB-29 and PB-31.
+"""Published ports (-p) through moord's nftables table, port conflicts, and setups that fail half-way.
 
 Traffic goes from the host to 127.0.0.1 or to the test bridge's own
 address, and from there only into the test's containers.
@@ -51,7 +51,7 @@ def test_published_port_is_reachable_from_the_host(netenv, where):
     assert wait_until(lambda: fetch(address, port), 30, message="the published port") == "hello-from-pub\n"
 
 
-def test_port_published_on_one_address_is_bound_to_it(netenv):
+def test_publish_on_one_address(netenv):
     port = free_port()
     web(netenv, "local", "-p", f"127.0.0.1:{port}:80")
     assert f"127.0.0.1 . tcp . {port} : " in netenv.nft()
@@ -90,9 +90,9 @@ def test_publish_with_network_none_is_rejected(netenv):
     assert b"-p and -P need a bridge or CNI network" in result.stderr
 
 
-# -- PB-31: a host port in use fails every start, and leaves nothing behind ---------------------------
+# -- a host port in use fails every start, and the failed start leaves nothing behind ------------------
 
-def test_pb31_second_container_on_a_taken_port_fails_each_start(netenv):
+def test_taken_port_fails_each_start(netenv):
     port = free_port()
     web(netenv, "first", "-p", f"{port}:80")
     web(netenv, "second", "-p", f"{port}:80", detach=False)
@@ -102,7 +102,7 @@ def test_pb31_second_container_on_a_taken_port_fails_each_start(netenv):
     assert netenv.moord.inspect("second")["State"]["Status"] == "created"
 
 
-def test_pb31_failed_start_leaves_no_veth_and_no_rule(netenv):
+def test_taken_port_leaves_no_veth_or_rule(netenv):
     port = free_port()
     web(netenv, "holder", "-p", f"{port}:80")
     web(netenv, "loser", "-p", f"{port}:80", detach=False)
@@ -112,7 +112,7 @@ def test_pb31_failed_start_leaves_no_veth_and_no_rule(netenv):
     assert netenv.nft().count(f"tcp . {port} :") == 1
 
 
-def test_pb31_container_starts_once_the_port_is_free(netenv):
+def test_taken_port_start_after_release(netenv):
     port = free_port()
     web(netenv, "early", "-p", f"{port}:80")
     web(netenv, "late", "-p", f"{port}:80", detach=False)
@@ -122,7 +122,7 @@ def test_pb31_container_starts_once_the_port_is_free(netenv):
     assert wait_until(lambda: fetch("127.0.0.1", port), 30, message="late's port") == "hello-from-late\n"
 
 
-def test_pb31_port_held_by_a_host_process_fails_the_start(netenv):
+def test_port_held_by_host_process(netenv):
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
@@ -132,7 +132,7 @@ def test_pb31_port_held_by_a_host_process_fails_the_start(netenv):
     assert f"host port 0.0.0.0:{port}/tcp is already in use by a process on this host".encode() in result.stderr
 
 
-def test_pb31_no_rule_forwards_to_a_stopped_container(netenv):
+def test_no_rule_for_stopped_container(netenv):
     port = free_port()
     web(netenv, "old", "-p", f"{port}:80")
     address = netenv.moord.inspect("old")["NetworkSettings"]["ip_address"]
@@ -140,7 +140,7 @@ def test_pb31_no_rule_forwards_to_a_stopped_container(netenv):
     assert f"{address} . 80" not in netenv.nft()
 
 
-# -- PB-29: a failed setup leaves no veth, namespace or lease ---------------------------------------
+# -- a network without a free address: the failed setup leaves no veth, namespace or lease ------------
 
 @pytest.fixture
 def one_address(netenv):
@@ -152,14 +152,14 @@ def leases(env) -> list[str]:
     return [lease["address"] for lease in json.loads(env.moord.moor("network", "inspect", "tiny").stdout)[0]["leases"]]
 
 
-def test_pb29_start_without_a_free_address_fails_with_a_network_error(netenv, one_address):
+def test_no_free_address_fails_start(netenv, one_address):
     web(netenv, "a", "--network", "tiny")
     result = web(netenv, "b", "--network", "tiny", check=False)
     assert result.returncode == 125
     assert b"failed to set up network tiny for container b: no free address" in result.stderr
 
 
-def test_pb29_failed_start_leaves_only_the_first_container_behind(netenv, one_address):
+def test_no_free_address_leaves_nothing(netenv, one_address):
     web(netenv, "a", "--network", "tiny")
     web(netenv, "b", "--network", "tiny", check=False)
     a = netenv.moord.inspect("a")
@@ -169,7 +169,7 @@ def test_pb29_failed_start_leaves_only_the_first_container_behind(netenv, one_ad
     assert netenv.moord.inspect("b")["State"]["Running"] is False
 
 
-def test_pb29_second_container_gets_the_address_once_it_is_free(netenv, one_address):
+def test_no_free_address_start_after_release(netenv, one_address):
     web(netenv, "a", "--network", "tiny")
     web(netenv, "b", "--network", "tiny", check=False)
     netenv.moord.moor("rm", "-f", "a")
