@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,29 @@ def test_random_host_port_is_shown_in_inspect(netenv):
     ports = netenv.moord.inspect("rnd")["NetworkSettings"]["ports"]
     chosen = ports[0]["host_port"]
     assert wait_until(lambda: fetch("127.0.0.1", chosen), 30, message="the random port") == "hello-from-rnd\n"
+
+
+def exposing_image(env) -> str:
+    """Import an image of the host's busybox whose config exposes 80/tcp and runs httpd."""
+    from test_images import ArchiveBuilder, entry, layer_tar
+    layer = layer_tar([entry("bin", "dir"), entry("bin/busybox", data=Path("/bin/busybox").read_bytes(), mode=0o755),
+                       entry("bin/sh", "symlink", link="busybox"), entry("bin/httpd", "symlink", link="busybox"),
+                       entry("www", "dir"), entry("www/index.html", data=b"hello-from-exposed\n")])
+    builder = ArchiveBuilder()
+    config = {"Cmd": ["httpd", "-f", "-p", "80", "-h", "/www"], "ExposedPorts": {"80/tcp": {}}}
+    builder.tag(builder.add_image([layer], config=config), "exposing:latest")
+    archive = builder.write(env.tmp_path / "exposing.tar")
+    env.moord.moor("image", "import", str(archive))
+    return "exposing:latest"
+
+
+def test_publish_all_maps_exposed_ports(netenv):
+    image = exposing_image(netenv)
+    netenv.moord.moor("run", "-d", "--name", "all", "-P", image)
+    ports = netenv.moord.inspect("all")["NetworkSettings"]["ports"]
+    assert [(p["proto"], p["container_port"]) for p in ports] == [("tcp", 80)]
+    assert wait_until(lambda: fetch("127.0.0.1", ports[0]["host_port"]), 30,
+                      message="the -P port") == "hello-from-exposed\n"
 
 
 def test_udp_port_is_published_as_udp(netenv):
