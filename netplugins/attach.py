@@ -12,6 +12,9 @@ from netplugins import hosts, ports as portlib
 from shim.protocol import InvalidArgument
 from supervisor.spec.options import check_hostname
 
+# A container made from a --spec file (or by a moord older than network plugins) keeps its
+# spec's network namespace as it is; the shim brings lo up in it.
+SPEC_MODE = "spec"
 ETC_FILES = {"hosts": "/etc/hosts", "hostname": "/etc/hostname", "resolv.conf": "/etc/resolv.conf"}
 
 

@@ -322,6 +322,12 @@ class Manager:
 
     def _check_network_request(self, request: dict) -> dict:
         from netplugins import attach
+        if request.get("spec") is not None:
+            given = {key: value for key, value in (request.get("network") or {}).items() if value}
+            if given:
+                raise InvalidArgument(f"--spec cannot be combined with network options ({', '.join(sorted(given))}): "
+                                      "the spec file's linux.namespaces sets the network")
+            return {"mode": attach.SPEC_MODE}
         net = attach.check_request(request.get("network") or {}, self.config.default_network)
         if not net["mode"].startswith("container:"):
             self.networks.resolve(net["mode"])
@@ -332,8 +338,8 @@ class Manager:
         from netplugins import attach, netns
 
         record = container.record
-        net = record.options.get("network") or {"mode": "none"}
-        if not attach.uses_own_namespace(record.spec):
+        net = record.options.get("network") or {"mode": attach.SPEC_MODE}
+        if net["mode"] == attach.SPEC_MODE or not attach.uses_own_namespace(record.spec):
             return record.spec
         network, netns_path, files_dir = await asyncio.to_thread(self._network_target, container, net)
         own_netns = netns_path == str(self.config.state / "netns" / container.id)

@@ -256,3 +256,11 @@ def test_internal_network_isolated(netenv):
     output = run_output(netenv, "--network", "inner", "busybox", "ip", "route")
     assert "default" not in output
     assert info["subnet"] not in netenv.nft()
+
+
+def test_spec_file_rejects_network_options(netenv, tmp_path):
+    spec = tmp_path / "config.json"
+    spec.write_text("{}")
+    result = netenv.moord.moor("run", "--rm", "--spec", str(spec), "--network", "none", "busybox", check=False)
+    assert result.returncode == 125
+    assert b"--spec cannot be combined with network options (mode)" in result.stderr
