@@ -112,6 +112,8 @@ class BridgePlugin:
             self.db.reserve_ports(container_id, address, chosen)
         except (portlib.PortError, PortTaken) as exc:
             raise NetworkSetupError(str(exc)) from None
+        # TODO: add hairpin masquerading; a container cannot reach its own network's published ports
+        # through a host address yet, only its peers' addresses directly.
         self.rules.publish(chosen, address)
         return chosen
 

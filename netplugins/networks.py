@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
+import sqlite3
 
 from pyroute2 import IPRoute
 
@@ -59,8 +60,12 @@ class Networks:
         try:
             return self._create(name, self.settings["bridge_subnet"], None, DEFAULT_MTU, False,
                                 self.settings["bridge_name"])
-        except AlreadyExists:
-            return self.db.network(name)
+        except (AlreadyExists, InvalidArgument):
+            # A concurrent first start may have stored it a moment ago.
+            found = self.db.network(name)
+            if found:
+                return found
+            raise
 
     # -- create, list, remove ------------------------------------------------------
 
@@ -91,7 +96,10 @@ class Networks:
         self._check_unused(network, bridge_name)
         record = {"name": name, "driver": driver, "subnet": str(network), "bridge": bridge_name,
                   "gateway": gateway or str(next(network.hosts())), "mtu": mtu, "internal": bool(internal)}
-        self.db.add_network(record)
+        try:
+            self.db.add_network(record)
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(f"network {name} already exists (see `moor network inspect {name}`)") from None
         return self.db.network(name)
 
     def _check_unused(self, network, bridge_name: str) -> None:

@@ -264,3 +264,13 @@ def test_spec_file_rejects_network_options(netenv, tmp_path):
     result = netenv.moord.moor("run", "--rm", "--spec", str(spec), "--network", "none", "busybox", check=False)
     assert result.returncode == 125
     assert b"--spec cannot be combined with network options (mode)" in result.stderr
+
+
+def test_restarted_container_gets_its_network_again(netenv):
+    netenv.network("again")
+    netenv.moord.moor("run", "-d", "--name", "flaky", "--network", "again", "--restart", "on-failure:2", "busybox",
+                      "sh", "-c", "cat /sys/class/net/eth0/operstate; exit 1")
+    wait_until(lambda: netenv.moord.inspect("flaky")["RestartCount"] == 2
+               and netenv.moord.inspect("flaky")["State"]["Status"] == "exited", 60, message="two restarts")
+    assert netenv.moord.logs("flaky") == b"up\n" * 3
+    assert lease_addresses(netenv, "again") == []
