@@ -31,12 +31,17 @@ def _set_loopback_up(netns_path: str, errors: list) -> None:
                 raise OSError(ctypes.get_errno(), f"setns into {netns_path} failed")
         finally:
             os.close(fd)
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            request = struct.pack("16sH14x", b"lo", 0)
-            flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
-            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+        set_loopback_up_here()
     except OSError as exc:
         errors.append(exc)
+
+
+def set_loopback_up_here() -> None:
+    """Set ``lo`` up in the network namespace of the calling thread."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
 def loopback_up(pid: int) -> None:

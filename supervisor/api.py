@@ -260,6 +260,29 @@ class Api:
         return {"ts": time.monotonic(), "host_memory_bytes": host_memory_bytes(), "cpus": online_cpus(),
                 "containers": results}
 
+    # -- networks --------------------------------------------------------------
+
+    async def op_network_create(self, request, stream):
+        networks = self.manager.networks
+        return await asyncio.to_thread(networks.create, request.get("name"), request.get("subnet"),
+                                       request.get("gateway"), request.get("mtu") or 1500,
+                                       bool(request.get("internal")), request.get("bridge"),
+                                       request.get("driver") or "bridge")
+
+    async def op_network_ls(self, request, stream):
+        return await asyncio.to_thread(self.manager.networks.list)
+
+    async def op_network_inspect(self, request, stream):
+        network = await asyncio.to_thread(self.manager.networks.inspect, request["name"])
+        names = {c.id: c.record.name for c in self.manager.containers.values()}
+        for lease in network.get("leases", []):
+            lease["container_name"] = names.get(lease["container_id"], "")
+        return network
+
+    async def op_network_rm(self, request, stream):
+        await asyncio.to_thread(self.manager.networks.remove, request["name"])
+        return {"name": request["name"]}
+
     # -- images ----------------------------------------------------------------
 
     async def op_image_import_rootfs(self, request, stream):

@@ -52,6 +52,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--health-on-failure", choices=("none", "kill", "stop", "restart"),
                         help="what to do when the container becomes unhealthy (default none)")
     parser.add_argument("--no-healthcheck", action="store_true", help="disable the image's health check")
+    parser.add_argument("--network", "--net", help="bridge (default), none, host, container:NAME, or a network name")
+    parser.add_argument("--ip", help="IPv4 address on the network (default: the next free one)")
+    parser.add_argument("--add-host", action="append", default=[], metavar="NAME:IP", help="add a line to /etc/hosts")
+    parser.add_argument("--dns", action="append", default=[], metavar="IP",
+                        help="name server for /etc/resolv.conf (default: the host's non-loopback ones)")
+    parser.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOSTPORT:PORT[/PROTO]",
+                        help="publish a container port on the host")
+    parser.add_argument("-P", "--publish-all", action="store_true",
+                        help="publish every port the image exposes on a free host port")
     parser.add_argument("--spec", help="use this OCI config.json instead of generating one (root.path is replaced)")
     parser.add_argument("--log-driver", help="where output goes: local, json-file, journald, syslog or none "
                                              "(default: moord's [logging] driver)")
@@ -199,6 +208,22 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     from supervisor.cli_stats import add_stats_parser
     add_stats_parser(sub)
 
+    network = sub.add_parser("network", help="manage networks")
+    network_sub = network.add_subparsers(dest="network_command", required=True, metavar="COMMAND")
+    network_create = network_sub.add_parser("create", help="create a bridge network")
+    network_create.add_argument("--subnet", required=True, help="IPv4 CIDR, for example 10.231.5.0/24")
+    network_create.add_argument("--gateway", help="the bridge's address (default: the first in the subnet)")
+    network_create.add_argument("--mtu", type=int, default=1500, help="MTU of the bridge and the veths")
+    network_create.add_argument("--internal", action="store_true", help="no default route, no masquerade")
+    network_create.add_argument("--bridge", help="bridge interface name (default mb-NAME)")
+    network_create.add_argument("--driver", default="bridge", help="bridge, or the driver of a network plugin")
+    network_create.add_argument("name")
+    network_sub.add_parser("ls", help="list networks")
+    network_inspect = network_sub.add_parser("inspect", help="show networks as JSON")
+    network_inspect.add_argument("names", nargs="+", metavar="NETWORK")
+    network_rm = network_sub.add_parser("rm", help="remove networks")
+    network_rm.add_argument("names", nargs="+", metavar="NETWORK")
+
     sub.add_parser("version", help="print client and moord versions")
     sub.add_parser("info", help="print moord's settings and counts")
     if wanted is not None and wanted not in sub._name_parser_map:
@@ -241,7 +266,9 @@ def _run_request(args) -> dict:
     if args.entrypoint is not None:
         options["entrypoint"] = [args.entrypoint] if args.entrypoint else []
     request = {"image": args.image, "name": args.name, "restart": args.restart, "options": options,
-               "labels": labels, "stop_signal": args.stop_signal}
+               "labels": labels, "stop_signal": args.stop_signal,
+               "network": {"mode": args.network, "ip": args.ip, "add_hosts": args.add_host, "dns": args.dns,
+                           "ports": args.publish, "publish_all": args.publish_all}}
     if args.log_driver or args.log_opt:
         request["log_driver"] = args.log_driver
         request["log_opts"] = _key_values(args.log_opt, "--log-opt")
@@ -495,6 +522,37 @@ def _image_ls(client, quiet: bool) -> int:
 def cmd_stats(client, args) -> int:
     from supervisor.cli_stats import run_stats
     return run_stats(client, args)
+
+
+def cmd_network(client, args) -> int:
+    command = args.network_command
+    if command == "create":
+        network = client.call("network_create", name=args.name, subnet=args.subnet, gateway=args.gateway,
+                              mtu=args.mtu, internal=args.internal, bridge=args.bridge, driver=args.driver)
+        print(network["name"])
+    elif command == "ls":
+        rows = [("NAME", "DRIVER", "SUBNET", "BRIDGE", "CONTAINERS")]
+        for item in client.call("network_ls"):
+            rows.append((item["name"], item["driver"], item.get("subnet", ""), item.get("bridge", ""),
+                         str(item.get("containers", ""))))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("   ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    elif command == "inspect":
+        import json
+
+        print(json.dumps([client.call("network_inspect", name=name) for name in args.names], indent=2))
+    elif command == "rm":
+        status = 0
+        for name in args.names:
+            try:
+                client.call("network_rm", name=name)
+                print(name)
+            except MoorError as exc:
+                print(f"moor: {exc.message}", file=sys.stderr)
+                status = exc.exit_code
+        return status
+    return 0
 
 
 def cmd_images(client, args) -> int:

@@ -28,6 +28,12 @@ class DaemonConfig:
     log_driver: str = "local"
     log_opts: dict = field(default_factory=dict)
     metrics_address: str = ""
+    default_network: str = "bridge"           # what `moor run` uses without --network
+    bridge_name: str = "moor0"                # interface of the default bridge network
+    bridge_subnet: str = "172.28.0.0/16"      # subnet of the default bridge network
+    nft_table: str = "moorage"                # moord's nftables table (family ip) for published ports
+    cni_conf_dir: str = "/etc/cni/net.d"      # CNI network lists (*.conflist) usable as --network NAME
+    cni_bin_dir: str = "/usr/lib/cni"         # CNI plugin binaries
 
     @property
     def api_socket(self) -> Path:

@@ -106,8 +106,10 @@ class Manager:
     """Owns every container of one moord and their shims."""
 
     def __init__(self, config: DaemonConfig, store: Store, images, events: EventBus, plugins,
-                 launcher: Launcher, context: zmq.asyncio.Context, nofile_limits: tuple[int, int] | None = None):
+                 launcher: Launcher, context: zmq.asyncio.Context, nofile_limits: tuple[int, int] | None = None,
+                 networks=None):
         self.config = config
+        self.networks = networks
         self.nofile_limits = nofile_limits
         self.store = store
         self.images = images
@@ -177,6 +179,7 @@ class Manager:
         if request.get("spec") is not None:
             _reject_options_with_spec(options)
         options.validate()
+        network_request = await asyncio.to_thread(self._check_network_request, request)
         image = await asyncio.to_thread(self._resolve_image, request["image"])
         healthcheck = health.resolve(image.config.get("Healthcheck"), request.get("health"))
 
@@ -198,7 +201,7 @@ class Manager:
         record = ContainerRecord(
             id=container_id, name=name, image=image.name, image_id=image.id, spec=spec,
             options=dict(self._stored_options(request, image), health=healthcheck, log_driver=log_driver,
-                         log_opts=log_opts),
+                         log_opts=log_opts, network=_with_exposed_ports(network_request, image)),
             labels=_labels(image, request), restart_policy=str(policy), boot_id=self.boot_id)
         self.store.insert(record)
         container = Container(record)
@@ -303,6 +306,7 @@ class Manager:
     async def _create_task(self, container: Container, spec: dict) -> int:
         record = container.record
         folder = self.shim_folder(container.id)
+        spec = await self._network_up(container, spec)
         await asyncio.to_thread(self._write_bundle, folder, spec)
         await asyncio.to_thread(self.images.mount_rootfs, self.folder(container.id) / "rootfs")
         record.task_gen += 1
@@ -370,6 +374,139 @@ class Manager:
         self.store.save(record)
         container.exit_event.set()
         raise StartFailed(f"failed to start container {record.name}: {failure.message}", status)
+
+    # -- networking -------------------------------------------------------------
+    # The network plugins run here, and only here: after moord has made the
+    # container's namespace and before `runc create`.  A failed setup is
+    # undone by the teardown hook before the start fails.
+
+    def _netns_state(self, container_id: str) -> Path:
+        return self.config.state / "netns" / f"{container_id}.json"
+
+    def _check_network_request(self, request: dict) -> dict:
+        from netplugins import attach
+        if request.get("spec") is not None:
+            given = {key: value for key, value in (request.get("network") or {}).items() if value}
+            if given:
+                raise InvalidArgument(f"--spec cannot be combined with network options ({', '.join(sorted(given))}): "
+                                      "the spec file's linux.namespaces sets the network")
+            return {"mode": attach.SPEC_MODE}
+        net = attach.check_request(request.get("network") or {}, self.config.default_network)
+        if not net["mode"].startswith("container:"):
+            self.networks.resolve(net["mode"])
+        return net
+
+    async def _network_up(self, container: Container, spec: dict) -> dict:
+        """Make the namespace, run the setup hook and return ``spec`` with them, to write for this task."""
+        from netplugins import attach, netns
+
+        record = container.record
+        net = record.options.get("network") or {"mode": attach.SPEC_MODE}
+        if net["mode"] == attach.SPEC_MODE or not attach.uses_own_namespace(spec):
+            return spec
+        network, netns_path, files_dir = await asyncio.to_thread(self._network_target, container, net)
+        own_netns = netns_path == str(self.config.state / "netns" / container.id)
+        attach.save_state(self._netns_state(container.id), {"network": network, "netns": netns_path,
+                                                            "own_netns": own_netns})
+        try:
+            if own_netns:
+                await asyncio.to_thread(netns.create, Path(netns_path))
+            result = await self._network_setup_hook(container, netns_path, network, net)
+            if files_dir == self.folder(container.id) / "net":
+                await asyncio.to_thread(attach.write_files, files_dir, network["driver"],
+                                        record.spec.get("hostname", container.id[:12]), result, net)
+        except Exception as exc:
+            log.error("container %s: network %s setup failed: %s", container.id, network["name"], exc)
+            await self._network_down(container.id)
+            raise StartFailed(f"failed to set up network {network['name']} for container {record.name}: {exc}")
+        record.network = result
+        self.store.save(record)
+        log.info("container %s: network %s (%s) is set up", container.id, network["name"], network["driver"])
+        return attach.spec_with_network(spec, netns_path, files_dir)
+
+    def _network_target(self, container: Container, net: dict) -> tuple[dict, str, Path]:
+        """Find the network dict, the namespace path and the folder of the hosts files for a start."""
+        from netplugins import netns
+
+        files_dir = self.folder(container.id) / "net"
+        shutil.rmtree(files_dir, ignore_errors=True)
+        network = self.networks.resolve(net["mode"])
+        if network["driver"] == "host":
+            return network, "", files_dir
+        if network["driver"] == "container":
+            other = self.get(network["container"])
+            other_netns = self.config.state / "netns" / other.id
+            if other.record.status != "running" or not netns.is_pinned(other_netns):
+                raise StartFailed(f"cannot join the network of container {other.record.name}: it is not running "
+                                  "with a network namespace of its own")
+            return network, str(other_netns), self.folder(other.id) / "net"
+        return network, str(self.config.state / "netns" / container.id), files_dir
+
+    async def _network_setup_hook(self, container: Container, netns_path: str, network: dict, net: dict) -> dict:
+        # TODO: call this through the plugin host with its timeout once the plugin system lands.
+        record = container.record
+        options = {"name": record.name, "hostname": record.spec.get("hostname", container.id[:12]),
+                   "ip": net.get("ip"), "ports": net.get("ports") or [], "publish_all": net.get("publish_all"),
+                   "exposed_ports": net.get("exposed_ports") or [], "add_hosts": net.get("add_hosts") or [],
+                   "dns": net.get("dns") or [], "files_dir": str(self.folder(container.id) / "net")}
+        results = await asyncio.to_thread(self.plugins.hook.moorage_network_setup, container_id=container.id,
+                                          netns=netns_path, network=network, options=options)
+        merged: dict = {}
+        for result in reversed(results):
+            merged.update(result or {})
+        return merged
+
+    async def _network_down(self, container_id: str) -> None:
+        """Run the teardown hook and remove the namespace; keep the state file if teardown failed."""
+        from netplugins import netns
+
+        state_file = self._netns_state(container_id)
+        try:
+            state = json.loads(state_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        failed = False
+        try:
+            await asyncio.to_thread(self.plugins.hook.moorage_network_teardown, container_id=container_id,
+                                    netns=state["netns"], network=state["network"])
+        except Exception as exc:
+            failed = True
+            log.error("container %s: network %s teardown failed: %s", container_id, state["network"]["name"], exc)
+        if state.get("own_netns"):
+            await asyncio.to_thread(netns.remove, Path(state["netns"]))
+        if not failed:
+            state_file.unlink(missing_ok=True)
+        container = self.containers.get(container_id)
+        if container is not None and container.record.network:
+            container.record.network = {}
+            self.store.save(container.record)
+        log.info("container %s: network %s is torn down", container_id, state["network"]["name"])
+
+    async def _reconcile_networks(self) -> None:
+        """Tear down what containers that no longer run left behind: namespaces, veths, rules, leases."""
+        from netplugins import netns
+
+        live = {c.id for c in self.containers.values() if c.record.status == "running" and c.record.shim_pid}
+        folder = self.config.state / "netns"
+        for state_file in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+            if state_file.stem not in live:
+                log.warning("container %s: removing its leftover network setup", state_file.stem)
+                await self._network_down(state_file.stem)
+        for path in list(folder.iterdir()) if folder.is_dir() else []:
+            if path.suffix == "" and path.name not in live and not self._netns_state(path.name).exists():
+                await asyncio.to_thread(netns.remove, path)
+        for lease in await asyncio.to_thread(self.networks.db.leases):
+            if lease["container_id"] not in live:
+                log.warning("container %s: freeing its leftover address %s on network %s",
+                            lease["container_id"], lease["address"], lease["network"])
+                try:
+                    network = await asyncio.to_thread(self.networks.resolve, lease["network"])
+                    await asyncio.to_thread(self.plugins.hook.moorage_network_teardown,
+                                            container_id=lease["container_id"], netns="", network=network)
+                except Exception as exc:
+                    log.error("container %s: freeing its address on network %s failed: %s",
+                              lease["container_id"], lease["network"], exc)
+
 
     # -- records from the shim -------------------------------------------------
 
@@ -449,21 +586,25 @@ class Manager:
         await self._after_exit(container, ran_for)
 
     async def _delete_task(self, container: Container) -> None:
-        """Delete the current task once, however many callers race to do it."""
+        """Delete the current task once, however many callers race to do it, then its network."""
         async with container.task_lock:
-            record = container.record
-            shim, container.shim = container.shim, None
-            if shim is None and not record.shim_pid:
-                return
-            if shim is not None:
-                try:
-                    await shim.call("delete", timeout=30, force=True)
-                except MoorError as exc:
-                    log.error("container %s: deleting its task failed: %s", container.id, exc)
-                shim.close()
-            await asyncio.to_thread(self._clean_task_folders, container.id)
-            record.shim_pid = record.shim_start_time = 0
-            self.store.save(record)
+            await self._delete_shim_task(container)
+            await self._network_down(container.id)
+
+    async def _delete_shim_task(self, container: Container) -> None:
+        record = container.record
+        shim, container.shim = container.shim, None
+        if shim is None and not record.shim_pid:
+            return
+        if shim is not None:
+            try:
+                await shim.call("delete", timeout=30, force=True)
+            except MoorError as exc:
+                log.error("container %s: deleting its task failed: %s", container.id, exc)
+            shim.close()
+        await asyncio.to_thread(self._clean_task_folders, container.id)
+        record.shim_pid = record.shim_start_time = 0
+        self.store.save(record)
 
     def _clean_task_folders(self, container_id: str) -> None:
         shutil.rmtree(self.shim_folder(container_id), ignore_errors=True)
@@ -627,6 +768,7 @@ class Manager:
                 shim.close()
         else:
             await asyncio.to_thread(self._force_delete_runtime, container_id)
+        await self._network_down(container_id)
         await asyncio.to_thread(self._clean_task_folders, container_id)
         await asyncio.to_thread(self._remove_folder, container_id)
         self.store.removal_done(container_id)
@@ -694,6 +836,7 @@ class Manager:
             self._restore_log_config(self.containers[record.id])
         await asyncio.gather(*(self._restore_one(c, rebooted) for c in list(self.containers.values())),
                              *(self._finish_removal(row) for row in self.store.removals()))
+        await self._reconcile_networks()
 
     async def _finish_removal(self, row) -> None:
         """Finish the cleanup of a container that an earlier moord retired but did not clear."""
@@ -822,6 +965,11 @@ def _labels(image, request: dict) -> dict:
     if not isinstance(image_labels, dict):
         image_labels = {}
     return {**{str(k): str(v) for k, v in image_labels.items()}, **dict(request.get("labels") or {})}
+
+
+def _with_exposed_ports(net: dict, image) -> dict:
+    from netplugins import attach
+    return dict(net, exposed_ports=attach.exposed_ports(image.config)) if net.get("publish_all") else net
 
 
 def _reject_options_with_spec(options) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import zmq
 import zmq.asyncio
 
+import netplugins
 from shim.protocol import MoorError
 from supervisor import config as daemon_config
 from supervisor.api import Api
@@ -51,6 +52,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                         help="option of the default logging driver, for example max-size=10m (repeatable)")
     parser.add_argument("--metrics-address", help="serve Prometheus metrics on HOST:PORT or a unix socket path "
                                                   "(default: off)")
+    parser.add_argument("--default-network", help="network of `moor run` without --network (default bridge)")
+    parser.add_argument("--bridge-name", help="interface name of the default bridge network (default moor0)")
+    parser.add_argument("--bridge-subnet", help="subnet of the default bridge network (default 172.28.0.0/16)")
+    parser.add_argument("--nft-table", help="nftables table (family ip) for published ports (default moorage)")
+    parser.add_argument("--cni-conf-dir", help="folder of CNI network lists (default /etc/cni/net.d)")
+    parser.add_argument("--cni-bin-dir", help="folder of CNI plugin binaries (default /usr/lib/cni)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="moord's own log level")
     parser.add_argument("--version", action="version", version=f"moord {VERSION}")
     return parser.parse_args(argv)
@@ -89,14 +96,15 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
 
     context = zmq.asyncio.Context()
     store = Store(config.db_path)
+    networks, net_plugins = netplugins.build(config)
     events = EventBus(context, config.events_socket)
     plugins = PluginHost(config, events, VERSION)
-    await plugins.load()
+    await plugins.load(net_plugins)
     launcher = Launcher(config.state / "launcher.log", rlimits)
     await launcher.start()
     images = ImageStore(config.root, config.db_path, config.snapshotter)
     manager = Manager(config, store, images, events, plugins, launcher, context,
-                      nofile_limits=rlimits[resource.RLIMIT_NOFILE])
+                      nofile_limits=rlimits[resource.RLIMIT_NOFILE], networks=networks)
     images.container_roots = lambda: [manager.folder(cid) / "rootfs" for cid in list(manager.containers)]
     health = HealthMonitor(manager, plugins, events)
     await plugins.startup(config)
@@ -156,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"root": args.root, "state": args.state, "runtime": args.runtime, "snapshotter": args.snapshotter, "spool_limit": args.spool_limit,
                  "log_max_size": args.log_max_size, "log_max_files": args.log_max_files,
                  "log_level": args.log_level, "plugin_timeout": args.plugin_timeout,
-                 "log_driver": args.log_driver, "metrics_address": args.metrics_address}
+                 "log_driver": args.log_driver, "metrics_address": args.metrics_address,
+                 "default_network": args.default_network,
+                 "bridge_name": args.bridge_name, "bridge_subnet": args.bridge_subnet, "nft_table": args.nft_table,
+                 "cni_conf_dir": args.cni_conf_dir, "cni_bin_dir": args.cni_bin_dir}
     try:
         overrides["log_opts"] = _log_opts(args.log_opt)
         config = daemon_config.load(args.config, overrides)

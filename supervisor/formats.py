@@ -70,6 +70,7 @@ def inspect(container, manager) -> dict:
             "LogConfig": {"Type": record.options.get("log_driver", "local"),
                           "Config": dict(record.options.get("log_opts") or {})},
         },
+        "NetworkSettings": dict(record.network, Mode=(record.options.get("network") or {}).get("mode", "none")),
         "Shim": {"Pid": record.shim_pid, "Generation": record.task_gen,
                  "Socket": str(manager.shim_folder(record.id) / "shim.sock") if record.shim_pid else ""},
         "LogPath": log_status.get("Path", ""),

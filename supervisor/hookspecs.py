@@ -97,25 +97,29 @@ def moorage_release_spec(container_id: str) -> None:
 
 
 @hookspec
-def moorage_network_setup(container_id: str, netns: str, network: str, options: dict) -> dict | None:
-    """Set up a container's network namespace before ``runc create``.  Blocking, required.
+def moorage_network_setup(container_id: str, netns: str, network: dict, options: dict) -> dict:
+    """Configure a container's network; called before ``runc create``.
 
-    ``netns`` is the path of the namespace (a bind mount under the state
-    folder), ``network`` the network name the user asked for and
-    ``options`` the container's network options.  Return a dict of what was
-    set up (addresses, interfaces, ports), or None.  Raising vetoes the
-    start: the caller undoes it with ``PluginHost.run_required``, which
-    calls ``moorage_network_teardown`` of every plugin that already set up,
-    in reverse order.
+    ``netns`` is the path of the network namespace that moord made and
+    pinned for the container ("" for ``--network host``).  ``network``
+    describes the network.  Its ``driver`` names the plugin that serves it, and
+    an implementation returns None for networks it does not serve.  ``options``
+    holds the container's ``name``, ``hostname``, ``ip``, ``ports``,
+    ``publish_all``, ``exposed_ports``, ``add_hosts``, ``dns`` and
+    ``files_dir``, the folder of the hosts, hostname and resolv.conf files
+    that moord bind-mounts into the container.  Return what ``moor inspect``
+    shows (interfaces, addresses, ports).  Raising vetoes the start: moord
+    then calls ``moorage_network_teardown`` to undo what was done.
     """
 
 
 @hookspec
-def moorage_network_teardown(container_id: str, netns: str, network: str) -> None:
-    """Tear down what ``moorage_network_setup`` made.  Blocking, errors are logged.
+def moorage_network_teardown(container_id: str, netns: str, network: dict) -> None:
+    """Undo a container's network setup; called on exit, on removal and by moord's start-up reconcile.
 
-    Called after the task is deleted, and when a start fails after setup.
-    It must succeed when called twice or when setup never ran.
+    It may run after a setup that failed half-way, or more than once, so it
+    must be idempotent and must not assume that anything exists.  ``netns``
+    may already be gone.
     """
 
 

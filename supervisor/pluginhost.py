@@ -116,11 +116,17 @@ class PluginHost:
 
     # -- loading -------------------------------------------------------------
 
-    async def load(self) -> None:
-        """Register the enabled built-ins, then installed plugins by name, and configure each."""
+    async def load(self, net_plugins: list = ()) -> None:
+        """Register the enabled built-ins, then installed plugins by name, and configure each.
+
+        ``net_plugins`` are the built-in network plugins of ``netplugins.build``.
+        """
         for name, factory in BUILTINS.items():
             info = PluginInfo(name, self.version, "builtin")
             await self.add(info, lambda factory=factory: factory(self.config))
+        for plugin in net_plugins:
+            info = PluginInfo(f"net-{type(plugin).__name__}", self.version, "builtin")
+            await self.add(info, lambda plugin=plugin: plugin)
 
         for entry_point in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             if entry_point.name in self.infos:

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS containers (
     acked_seq INTEGER NOT NULL DEFAULT 0,
     manually_stopped INTEGER NOT NULL DEFAULT 0,
     boot_id TEXT NOT NULL DEFAULT '',
-    lost_bytes INTEGER NOT NULL DEFAULT 0
+    lost_bytes INTEGER NOT NULL DEFAULT 0,
+    network TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS removals (
@@ -73,9 +74,10 @@ class ContainerRecord:
     manually_stopped: bool = False
     boot_id: str = ""
     lost_bytes: int = 0
+    network: dict = field(default_factory=dict)   # the network plugins' setup result of the current task
 
 
-_JSON_FIELDS = ("spec", "options", "labels")
+_JSON_FIELDS = ("spec", "options", "labels", "network")
 _COLUMNS = [f.name for f in fields(ContainerRecord)]
 
 

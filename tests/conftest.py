@@ -53,6 +53,9 @@ class Moord:
     def start(self, *extra: str, env: dict | None = None, preexec_fn=None) -> None:
         args = [sys.executable, "-m", "supervisor.daemon", "--root", str(self.root), "--state", str(self.state),
                 *self.extra_args, *extra]
+        if "--default-network" not in args:
+            # Tests never use the host's default bridge network; network tests make their own.
+            args += ["--default-network", "none"]
         log = open(self.root.parent / "moord.out", "ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=REPO,
                                         env=env, start_new_session=True, preexec_fn=preexec_fn)
