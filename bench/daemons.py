@@ -215,7 +215,10 @@ class Moord:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as output:
-            self.process = subprocess.Popen([self.moord_bin, "--root", str(self.root), "--state", str(self.state)],
+            # ctr run gives a container a new network namespace with only lo in it; moord's
+            # `none` network is the same work, where its default bridge would add a veth.
+            self.process = subprocess.Popen([self.moord_bin, "--root", str(self.root), "--state", str(self.state),
+                                             "--default-network", "none"],
                                             stdin=subprocess.DEVNULL, stdout=output, stderr=output,
                                             start_new_session=True, cwd="/")
         wait_for(self._answers, 30, "moord to answer on its socket")
