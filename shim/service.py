@@ -8,6 +8,7 @@ first and is sent only while moord's acknowledgements keep the window open.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -20,13 +21,14 @@ from pathlib import Path
 
 import zmq
 
-from shim import protocol
+from shim import console, protocol
 from shim.netns import has_new_network_namespace, loopback_up
 from shim.outbox import Outbox
 from shim.protocol import (FailedPrecondition, InvalidArgument, MoorError, NotFound,
                            NotImplementedOp, StartFailed)
 from shim.reaper import Exit, Reaper, become_subreaper
 from shim.runc import Runtime
+from shim.sessions import Stream
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ class ShimConfig:
     runtime: str = "runc"
     runtime_root: Path = Path("/run/moorage/runc")
     spool_limit: int = 256 * 1024 * 1024
+    # Interactive settings of the init: keep a stdin pipe open, or give it a terminal.
+    stdin: bool = False
+    tty: bool = False
 
     @property
     def socket_path(self) -> Path:
@@ -147,6 +152,84 @@ def _make_pipe() -> tuple[int, int]:
     return read_fd, write_fd
 
 
+class ProcessStdio:
+    """The stdio of one process being created: output pipes, a stdin pipe, or a terminal.
+
+    ``for_runtime`` gives the three fds that the runtime passes on to the
+    process.  With a terminal, the process gets the pty slave instead, and the
+    master arrives on the console socket; it carries both output and input.
+    """
+
+    def __init__(self, stdin: bool, tty: bool, console_path: str):
+        self.tty = tty
+        self.interactive = stdin or tty
+        self.null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        self.pipes: dict[int, tuple[int, int]] = {}
+        self.stdin_pipe: tuple[int, int] | None = None
+        self.console: console.ConsoleSocket | None = None
+        self.master: int | None = None
+        if tty:
+            self.console = console.ConsoleSocket(console_path)
+            return
+        self.pipes = {protocol.STDOUT: _make_pipe(), protocol.STDERR: _make_pipe()}
+        if stdin:
+            self.stdin_pipe = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(self.stdin_pipe[1], False)
+
+    def for_runtime(self) -> tuple[int, int, int]:
+        if self.tty:
+            return self.null, self.null, self.null
+        stdin = self.stdin_pipe[0] if self.stdin_pipe else self.null
+        return stdin, self.pipes[protocol.STDOUT][1], self.pipes[protocol.STDERR][1]
+
+    def console_path(self) -> str | None:
+        return self.console.path if self.console else None
+
+    def receive(self) -> None:
+        """Take the pty master from the console socket, once the runtime has sent it."""
+        if self.console is not None:
+            self.master = self.console.receive_master()
+            self.console.close()
+            self.console = None
+
+    def outputs(self):
+        """Yield ``(stream, fd)`` for each output to watch; the shim then owns those fds."""
+        if self.master is not None:
+            yield protocol.STDOUT, self.master
+        for stream, (read_fd, _) in self.pipes.items():
+            yield stream, read_fd
+
+    def take_stdin(self) -> int | None:
+        """Return the fd that the shim writes the process's stdin to, now owned by the caller."""
+        if self.master is not None:
+            return os.dup(self.master)
+        if self.stdin_pipe is not None:
+            write_fd = self.stdin_pipe[1]
+            self.stdin_pipe = (self.stdin_pipe[0], -1)
+            return write_fd
+        return None
+
+    def close_child_ends(self) -> None:
+        """Close what only the process needed: the shim keeps its own ends."""
+        for _, write_fd in self.pipes.values():
+            os.close(write_fd)
+        if self.stdin_pipe is not None:
+            os.close(self.stdin_pipe[0])
+            if self.stdin_pipe[1] >= 0:
+                os.close(self.stdin_pipe[1])
+        os.close(self.null)
+        self.pipes, self.stdin_pipe = {}, None
+
+    def close_all(self) -> None:
+        for read_fd, _ in self.pipes.values():
+            os.close(read_fd)
+        if self.master is not None:
+            os.close(self.master)
+        if self.console is not None:
+            self.console.close()
+        self.close_child_ends()
+
+
 class Shim:
     """Serve loop and task service for one container."""
 
@@ -164,6 +247,10 @@ class Shim:
         self.waiters: list[tuple[bytes, object]] = []
         self.deleted = False
         self.fd_owner: dict[int, Process] = {}
+        self.streams: dict[str, Stream] = {}
+        self.start_waiter: tuple[bytes, object] | None = None
+        self.attach_started = False
+        self.console_count = 0
 
     # -- start-up ---------------------------------------------------------
 
@@ -198,31 +285,35 @@ class Shim:
         return socket
 
     def _create(self) -> None:
-        pipes = {protocol.STDOUT: _make_pipe(), protocol.STDERR: _make_pipe()}
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        stdio = ProcessStdio(self.config.stdin, self.config.tty, os.path.join(self.folder, "console.sock"))
         try:
-            init_pid = run_in_worker(self._create_container, (null, pipes[1][1], pipes[2][1]))
-        except StartFailed as exc:
-            log.error("create of container %s failed: %s", self.id, exc.message)
-            self.status, self.error = "failed", exc.to_wire()
-            for read_fd, write_fd in pipes.values():
-                os.close(read_fd)
-                os.close(write_fd)
+            init_pid = run_in_worker(self._create_container, stdio.for_runtime(), stdio.console_path())
+            stdio.receive()
+        except (StartFailed, OSError) as exc:
+            error = exc if isinstance(exc, StartFailed) else StartFailed(f"failed to receive the terminal: {exc}")
+            log.error("create of container %s failed: %s", self.id, error.message)
+            self.status, self.error = "failed", error.to_wire()
+            stdio.close_all()
             return
-        finally:
-            os.close(null)
 
-        for stream, (read_fd, write_fd) in pipes.items():
-            os.close(write_fd)
-            self._watch_pipe(self.init, read_fd, stream)
+        self._adopt_stdio(self.init, stdio)
         self.init.pid = init_pid
         self.status = "created"
         log.info("container %s created, init pid %d", self.id, self.init.pid)
 
-    def _create_container(self, stdio: tuple[int, int, int]) -> int:
+    def _adopt_stdio(self, process: Process, stdio: "ProcessStdio") -> None:
+        """Watch the output of a just-created process and open its interactive stream."""
+        for stream, read_fd in stdio.outputs():
+            self._watch_pipe(process, read_fd, stream)
+        if stdio.interactive:
+            key = process.exec_id or ""
+            self.streams[key] = Stream(self.id, key, stdio.tty, stdio.take_stdin(), self._send_attached)
+        stdio.close_child_ends()
+
+    def _create_container(self, stdio: tuple[int, int, int], console_socket: str | None) -> int:
         """Run the runtime's ``create`` and return the init pid (in a worker process)."""
         pid_file = os.path.join(self.folder, "init.pid")
-        self.runtime.create(self.id, self.config.bundle, pid_file, stdio)
+        self.runtime.create(self.id, self.config.bundle, pid_file, stdio, console_socket)
         with open(pid_file) as handle:
             pid = int(handle.read())
         self._setup_loopback(pid)
@@ -250,13 +341,18 @@ class Shim:
             poller.register(self.reaper.read_fd, zmq.POLLIN)
             for fd in self.fd_owner:
                 poller.register(fd, zmq.POLLIN)
+            writers = {stream.stdin_fd: stream for stream in self.streams.values() if stream.wants_write()}
+            for fd in writers:
+                poller.register(fd, zmq.POLLOUT)
 
             for item, _ in poller.poll(self._poll_timeout()):
                 if item is self.socket:
                     self._receive_all()
                 elif item == self.reaper.read_fd:
                     self.reaper.drain_wakeups()
-                else:
+                elif item in writers:
+                    writers[item].flush_stdin()
+                elif item in self.fd_owner:
                     self._read_pipe(item)
             self._collect_exits()
             self._finish_exits()
@@ -280,9 +376,19 @@ class Shim:
             data = os.read(fd, READ_BYTES)
         except BlockingIOError:
             return False
+        except OSError as exc:
+            # A pty master reads EIO once every slave is closed: the terminal's end of file.
+            if exc.errno != errno.EIO:
+                log.error("container %s: reading output of %s failed: %s", self.id, process.exec_id or "init", exc)
+            data = b""
         if not data:
             self._close_pipe(fd)
             return False
+        stream = self.streams.get(process.exec_id or "")
+        if stream is not None:
+            stream.output(process.pipes[fd], data)
+            if process.exec_id:
+                return True  # interactive exec output goes only to its clients, as docker does
         record = {"kind": protocol.RECORD_OUTPUT, "stream": process.pipes[fd],
                   "exec": process.exec_id, "data": data, "ts": time.time()}
         self.outbox.append(record)
@@ -359,6 +465,9 @@ class Shim:
                   "signal": exit_.signal, "at": exit_.at, "ts": time.time()}
         self.outbox.append(record, durable=True)
         process.reported = True
+        stream = self.streams.get(process.exec_id or "")
+        if stream is not None:
+            stream.finish(exit_.code, exit_.signal)
 
     # -- moord messages ---------------------------------------------------
 
@@ -420,7 +529,8 @@ class Shim:
         result = {"id": self.id, "status": self.status, "pid": init.pid, "shim_pid": os.getpid(),
                   "error": self.error, "next_seq": self.outbox.next_seq, "acked_seq": self.outbox.acked_seq,
                   "lost_bytes": self.outbox.lost_total, "version": protocol.VERSION,
-                  "execs": {key: {"pid": p.pid, "running": p.exit is None} for key, p in self.execs.items()}}
+                  "execs": {key: {"pid": p.pid, "running": p.exit is None} for key, p in self.execs.items()},
+                  "sessions": {key or "init": stream.describe() for key, stream in self.streams.items()}}
         if init.exit is not None:
             result.update(exit_code=init.exit.code, signal=init.exit.signal, exited_at=init.exit.at)
         return result
@@ -440,6 +550,14 @@ class Shim:
     def op_start(self, identity: bytes, message: dict) -> dict:
         if self.status != "created":
             raise FailedPrecondition(f"cannot start container {self.id}: it is {self.status}, not created")
+        if message.get("wait_attach") and not self.attach_started:
+            # `moor run -i/-t` attaches before the start, so that it sees the first byte of output.
+            self.start_waiter = (identity, message.get("rid"))
+            log.info("container %s: start waits for the interactive client to attach", self.id)
+            return _DEFERRED
+        return self._start_init()
+
+    def _start_init(self) -> dict:
         run_in_worker(self.runtime.start, self.id)
         self.status = "running"
         log.info("container %s started", self.id)
@@ -475,34 +593,32 @@ class Shim:
             raise InvalidArgument(f"exec id {exec_id!r} is already used in container {self.id}")
         if self.status != "running" or self.init.exit is not None:
             raise FailedPrecondition(f"cannot exec in container {self.id}: it is {self.status}, not running")
-        return self._start_exec(exec_id, message["process"])
+        return self._start_exec(exec_id, message["process"], bool(message.get("stdin")))
 
-    def _start_exec(self, exec_id: str, process_spec: dict) -> dict:
-        pipes = {protocol.STDOUT: _make_pipe(), protocol.STDERR: _make_pipe()}
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    def _start_exec(self, exec_id: str, process_spec: dict, stdin: bool = False) -> dict:
+        tty = bool(process_spec.get("terminal"))
+        # Numbered, not named by exec id: a unix socket path must fit in 107 bytes.
+        self.console_count += 1
+        stdio = ProcessStdio(stdin, tty, os.path.join(self.folder, f"console{self.console_count}.sock"))
         process = Process(exec_id)
         try:
-            process.pid = run_in_worker(self._exec_process, exec_id, process_spec,
-                                        (null, pipes[1][1], pipes[2][1]))
-        except StartFailed:
-            for read_fd, _ in pipes.values():
-                os.close(read_fd)
+            process.pid = run_in_worker(self._exec_process, exec_id, process_spec, stdio.for_runtime(),
+                                        stdio.console_path())
+            stdio.receive()
+        except BaseException:
+            stdio.close_all()
             raise
-        finally:
-            os.close(null)
-            for _, write_fd in pipes.values():
-                os.close(write_fd)
 
         self.execs[exec_id] = process
-        for stream, (read_fd, _) in pipes.items():
-            self._watch_pipe(process, read_fd, stream)
+        self._adopt_stdio(process, stdio)
         exit_ = self.reaper.claim(process.pid)
         if exit_ is not None:
             self._mark_exited(process, exit_)
         log.info("container %s: exec %s started as pid %d", self.id, exec_id, process.pid)
         return {"pid": process.pid}
 
-    def _exec_process(self, exec_id: str, process_spec: dict, stdio: tuple[int, int, int]) -> int:
+    def _exec_process(self, exec_id: str, process_spec: dict, stdio: tuple[int, int, int],
+                      console_socket: str | None) -> int:
         """Run the runtime's ``exec --detach`` and return the pid (in a worker process)."""
         folder = os.path.join(self.folder, "execs")
         os.makedirs(folder, exist_ok=True)
@@ -511,7 +627,7 @@ class Shim:
         with open(process_file, "w") as handle:
             handle.write(json.dumps(process_spec))
         try:
-            self.runtime.exec(self.id, process_file, pid_file, stdio)
+            self.runtime.exec(self.id, process_file, pid_file, stdio, console_socket)
         finally:
             _unlink(process_file)
         with open(pid_file) as handle:
@@ -537,15 +653,95 @@ class Shim:
         if self.status != "failed":
             run_in_worker(self.runtime.delete, self.id, running)
         self.deleted = True
+        for stream in self.streams.values():
+            stream.close_stdin()
         log.info("container %s deleted", self.id)
         return {"deleted": True}
 
+    # -- interactive sessions (clients attach to the shim directly) ---------
+
+    def _send_attached(self, identity: bytes, message: dict) -> bool:
+        message["v"] = protocol.VERSION
+        try:
+            self.socket.send_multipart([identity, protocol.pack(message)], zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            log.info("container %s: an attached client went away (%s)", self.id, exc)
+            for stream in self.streams.values():
+                stream.detach(identity)
+            return False
+        return True
+
+    def _stream(self, message: dict) -> tuple[Process, Stream]:
+        key = str(message.get("exec") or "")
+        process = self._exec(key) if key else self.init
+        stream = self.streams.get(key)
+        if stream is None and key:
+            raise FailedPrecondition(f"exec {key} in container {self.id} was started without -i or -t; "
+                                     "it has no session to attach to")
+        if stream is None:
+            # The init of a container without -i or -t still has output to follow.
+            stream = self.streams[key] = Stream(self.id, key, False, None, self._send_attached)
+            if process.reported:
+                stream.exit = {"code": process.exit.code, "signal": process.exit.signal}
+        return process, stream
+
+    def op_attach(self, identity: bytes, message: dict) -> dict:
+        process, stream = self._stream(message)
+        since = message.get("since")
+        token = str(message.get("token") or identity.hex())
+        result = stream.attach(identity, token, None if since is None else int(since), bool(message.get("stdin")))
+        log.info("container %s: client attached to %s (%d attached)", self.id, process.exec_id or "init",
+                 len(stream.clients))
+        if message.get("start"):
+            self._release_start()
+        return dict(result, pid=process.pid, status=self.status)
+
+    def _release_start(self) -> None:
+        self.attach_started = True
+        if self.start_waiter is None:
+            return
+        identity, rid = self.start_waiter
+        self.start_waiter = None
+        try:
+            reply = protocol.reply(rid, self._start_init())
+        except MoorError as exc:
+            reply = protocol.error_reply(rid, exc)
+        self._send(identity, reply)
+
+    def op_detach(self, identity: bytes, message: dict) -> None:
+        self._stream(message)[1].detach(identity)
+        log.info("container %s: client detached from %s", self.id, message.get("exec") or "init")
+
+    def op_attach_ack(self, identity: bytes, message: dict) -> None:
+        self._stream(message)[1].ack(identity, int(message.get("off", 0)))
+
+    def op_stdin(self, identity: bytes, message: dict) -> None:
+        data = message.get("d")
+        if not isinstance(data, bytes) or len(data) > protocol.MAX_CHUNK_BYTES:
+            raise InvalidArgument("stdin data must be bytes of at most "
+                                  f"{protocol.MAX_CHUNK_BYTES} per message")
+        self._stream(message)[1].write_stdin(identity, int(message.get("off", 0)), data)
+
+    def op_stdin_close(self, identity: bytes, message: dict) -> None:
+        self._stream(message)[1].request_close()
+
     def op_resize(self, identity: bytes, message: dict) -> None:
-        raise FailedPrecondition(f"container {self.id} has no terminal to resize")
+        process, stream = self._stream(message)
+        rows, columns = console.check_size(message.get("rows"), message.get("cols"))
+        if not stream.tty:
+            raise FailedPrecondition(f"{process.exec_id or 'container'} {self.id} has no terminal to resize")
+        if stream.stdin_fd is None:
+            raise FailedPrecondition(f"the terminal of {process.exec_id or 'container'} {self.id} is closed")
+        console.set_window_size(stream.stdin_fd, rows, columns)
+        return None
 
     HANDLERS = {
         "subscribe": op_subscribe, "ack": op_ack, "state": op_state, "start": op_start,
         "kill": op_kill, "exec": op_exec, "wait": op_wait, "delete": op_delete, "resize": op_resize,
+        "attach": op_attach, "detach": op_detach, "attach_ack": op_attach_ack, "stdin": op_stdin,
+        "stdin_close": op_stdin_close,
     }
 
 

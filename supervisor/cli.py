@@ -25,7 +25,30 @@ VERSION = "0.1.0"
 RUN_ERROR_EXIT = 125
 
 
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}: use true or false")
+
+
+def _add_interactive_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--interactive", action="store_true", help="keep stdin open and forward it")
+    parser.add_argument("-t", "--tty", action="store_true", help="give the process a terminal")
+
+
+def _add_session_options(parser: argparse.ArgumentParser, sig_proxy: bool = True) -> None:
+    parser.add_argument("--detach-keys", default="ctrl-p,ctrl-q", metavar="KEYS",
+                        help="key sequence that detaches, for example ctrl-a,x (default ctrl-p,ctrl-q)")
+    if sig_proxy:
+        parser.add_argument("--sig-proxy", type=_boolean, nargs="?", const=True, default=True, metavar="BOOL",
+                            help="pass the signals moor receives to the process, without -t (default true)")
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    _add_interactive_options(parser)
     parser.add_argument("--name", help="container name (default: a generated one)")
     parser.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
                         help="set an environment variable; a bare KEY takes moor's own value")
@@ -55,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="create and start a container")
     run.add_argument("-d", "--detach", action="store_true", help="run in the background and print the id")
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    _add_session_options(run)
     _add_run_options(run)
     create = sub.add_parser("create", help="create a container without starting it")
     _add_run_options(create)
@@ -84,11 +108,18 @@ def _parser() -> argparse.ArgumentParser:
     logs.add_argument("container")
 
     exec_ = sub.add_parser("exec", help="run a command in a running container")
+    _add_interactive_options(exec_)
+    _add_session_options(exec_, sig_proxy=False)
     exec_.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]")
     exec_.add_argument("-w", "--workdir")
     exec_.add_argument("-u", "--user")
     exec_.add_argument("container")
     exec_.add_argument("command", nargs=argparse.REMAINDER)
+
+    attach = sub.add_parser("attach", help="attach to a running container's output, stdin and terminal")
+    attach.add_argument("--no-stdin", action="store_true", help="do not forward stdin")
+    _add_session_options(attach)
+    attach.add_argument("container")
 
     events = sub.add_parser("events", help="print lifecycle events as they happen")
     events.add_argument("--filter", action="append", default=[], metavar="container=ID|topic=PREFIX")
@@ -141,6 +172,8 @@ def _run_request(args) -> dict:
         options["entrypoint"] = [args.entrypoint] if args.entrypoint else []
     request = {"image": args.image, "name": args.name, "restart": args.restart, "options": options,
                "labels": labels, "stop_signal": args.stop_signal}
+    if args.interactive or args.tty:
+        request.update(_interactive_request(args))
     if args.stop_timeout is not None:
         request["stop_timeout"] = args.stop_timeout
     if args.spec:
@@ -191,6 +224,8 @@ def cmd_run(client, args) -> int:
         print(result["id"])
         return 0
     request["attach"] = True
+    if args.interactive or args.tty:
+        return _run_interactive(client, request, args)
     rid = client.send("run", **request)
     target: dict = {}
     _forward_signals(client, target)
@@ -210,6 +245,92 @@ def _forward_signals(client, target: dict) -> None:
             client.send("kill", id=target["id"], signal=signum)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, forward)
+
+
+# -- interactive sessions ----------------------------------------------------
+
+def _interactive_request(args) -> dict:
+    """Return the request fields of -i and -t; -t takes the size of moor's own terminal."""
+    from supervisor import terminal
+
+    if args.tty and args.interactive and not terminal.is_terminal(0):
+        raise InvalidArgument("the input device is not a terminal: run without -t, or from a terminal")
+    request = {"tty": args.tty, "open_stdin": args.interactive}
+    size = None
+    if args.tty:
+        size = terminal.window_size(1) or terminal.window_size(0)
+    if size is not None:
+        request["console_size"] = list(size)
+    return request
+
+
+def _run_interactive(client, request: dict, args) -> int:
+    from supervisor import attach, terminal
+
+    keys = terminal.parse_detach_keys(args.detach_keys)
+    rid = client.send("run", **request)
+    address = _wait_attach_address(client, rid)
+    session = attach.Session(address, tty=args.tty, stdin=args.interactive, detach_keys=keys,
+                             sig_proxy=args.sig_proxy, close_stdin_on_eof=True)
+    session.follow_moord(client, rid)
+    code = _serve_session(session, since=0, start=True)
+    if code is attach.DETACHED:
+        return 0
+    if args.rm:
+        session.wait_moord(timeout=60)
+    return code
+
+
+def _wait_attach_address(client, rid: int) -> str:
+    """Return the shim's address from the first message of an interactive run."""
+    while True:
+        client.dealer.poll(None)
+        message = protocol.unpack(client.dealer.recv())
+        if message.get("rid") != rid:
+            continue
+        if "err" in message:
+            raise protocol.error_from_wire(message["err"])
+        if "attach" in message.get("out", {}):
+            return message["out"]["attach"]
+
+
+def _serve_session(session, since: int | None, start: bool = False):
+    """Attach, put the terminal in raw mode for -it, run the session and always restore the terminal."""
+    from supervisor import terminal
+
+    raw = None
+    try:
+        if session.tty and session.forward_stdin and terminal.is_terminal(0):
+            raw = terminal.RawMode(0).__enter__()
+        session.attach(since, start)
+        return session.run()
+    finally:
+        if raw is not None:
+            raw.restore()
+        session.close()
+
+
+def cmd_attach(client, args) -> int:
+    from supervisor import attach, terminal
+
+    keys = terminal.parse_detach_keys(args.detach_keys)
+    info = client.call("attach", id=args.container)
+    session = attach.Session(info["attach"], tty=info["tty"], stdin=info["open_stdin"] and not args.no_stdin,
+                             detach_keys=keys, sig_proxy=args.sig_proxy, close_stdin_on_eof=False)
+    code = _serve_session(session, since=None)
+    return 0 if code is attach.DETACHED else code
+
+
+def _exec_interactive(client, args) -> int:
+    from supervisor import attach, terminal
+
+    keys = terminal.parse_detach_keys(args.detach_keys)
+    result = client.call("exec", id=args.container, args=list(args.command), env=_resolve_env(args.env),
+                         workdir=args.workdir, user=args.user, **_interactive_request(args))
+    session = attach.Session(result["attach"], result["exec_id"], tty=args.tty, stdin=args.interactive,
+                             detach_keys=keys, sig_proxy=False, close_stdin_on_eof=True)
+    code = _serve_session(session, since=0)
+    return 0 if code is attach.DETACHED else code
 
 
 def cmd_create(client, args) -> int:
@@ -300,6 +421,8 @@ def cmd_logs(client, args) -> int:
 def cmd_exec(client, args) -> int:
     if not args.command:
         raise InvalidArgument("no command given: moor exec CONTAINER COMMAND [ARG...]")
+    if args.interactive or args.tty:
+        return _exec_interactive(client, args)
     result = client.call("exec", id=args.container, args=list(args.command), env=_resolve_env(args.env),
                          workdir=args.workdir, user=args.user, on_output=_write_output)
     return int(result["exit_code"])

@@ -50,6 +50,8 @@ _ALLOWED = {
     "removing": set(),
 }
 VANISHED_EXIT_CODE = 255
+# Seconds that `moor run -i/-t` has to attach to the shim before the start fails.
+ATTACH_TIMEOUT = 60
 
 
 @dataclass
@@ -60,6 +62,8 @@ class ExecSession:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     pid: int = 0
     exit_code: int | None = None
+    # An interactive exec's client follows it through the shim; moord only lists it while it runs.
+    interactive: bool = False
 
 
 class Container:
@@ -170,6 +174,7 @@ class Manager:
         rootfs = self.folder(container_id) / "rootfs"
         try:
             spec = await self._prepare(image, options, container_id, rootfs, request.get("spec"))
+            _apply_terminal(spec["process"], request)
             await asyncio.to_thread(self.images.unmount_rootfs, rootfs)
         except BaseException:
             await asyncio.to_thread(self._remove_folder, container_id)
@@ -218,6 +223,8 @@ class Manager:
         stored["auto_remove"] = bool(request.get("rm"))
         stored["stop_signal"] = request.get("stop_signal") or image.config.get("StopSignal") or "SIGTERM"
         stored["stop_timeout"] = request.get("stop_timeout", 10)
+        stored["tty"] = bool(request.get("tty"))
+        stored["open_stdin"] = bool(request.get("open_stdin"))
         return stored
 
     def _remove_folder(self, container_id: str) -> None:
@@ -230,7 +237,7 @@ class Manager:
 
     # -- start ----------------------------------------------------------------
 
-    async def start(self, container: Container, by_user: bool = True) -> int:
+    async def start(self, container: Container, by_user: bool = True, wait_attach: bool = False) -> int:
         """Start a new task for the container and return the init's pid."""
         async with container.lock:
             if container.record.status == "running":
@@ -242,9 +249,9 @@ class Manager:
                 container.record.manually_stopped = False
                 container.record.restart_count = 0
                 container.failures_in_a_row = 0
-            return await self._start_task(container)
+            return await self._start_task(container, wait_attach)
 
-    async def _start_task(self, container: Container) -> int:
+    async def _start_task(self, container: Container, wait_attach: bool = False) -> int:
         record = container.record
         folder = self.shim_folder(container.id)
         await asyncio.to_thread(self._write_bundle, folder, record.spec)
@@ -253,7 +260,8 @@ class Manager:
         config = ShimConfig(
             container_id=container.id, bundle=folder, folder=folder,
             spool_dir=self.folder(container.id) / "spool", runtime=self.config.runtime,
-            runtime_root=self.config.state / "runc", spool_limit=self.config.spool_limit)
+            runtime_root=self.config.state / "runc", spool_limit=self.config.spool_limit,
+            stdin=bool(record.options.get("open_stdin")), tty=bool(record.options.get("tty")))
 
         record.shim_pid = await self.launcher.spawn(config)
         record.shim_start_time = process_start_time(record.shim_pid)
@@ -267,7 +275,10 @@ class Manager:
             state = await container.shim.call("subscribe", timeout=120, **{"from": 1})
             if state["status"] == "failed":
                 await self._fail_start(container, state["error"])
-            result = await container.shim.call("start", timeout=60)
+            if wait_attach:
+                result = await container.shim.call("start", timeout=ATTACH_TIMEOUT, wait_attach=True)
+            else:
+                result = await container.shim.call("start", timeout=60)
         except StartFailed:
             raise
         except MoorError as exc:
@@ -342,7 +353,9 @@ class Manager:
             asyncio.get_running_loop().create_task(self._handle_exit(container, record))
         elif kind == protocol.RECORD_EXEC_EXIT:
             session = container.execs.get(record.get("exec") or "")
-            if session is not None:
+            if session is not None and session.interactive:
+                container.execs.pop(session.exec_id, None)
+            elif session is not None:
                 session.queue.put_nowait(("exit", record["code"], record["signal"]))
             self.events.publish(protocol.TOPIC_TASK_EXEC_EXIT, container.id, exec_id=record.get("exec"),
                                 exit_code=record["code"], exited_at=record["at"])
@@ -532,10 +545,13 @@ class Manager:
         if record.status != "running" or container.shim is None:
             raise FailedPrecondition(f"container {record.name} is not running (it is {record.status})")
         process = self._exec_process(record.spec["process"], Path(record.spec["root"]["path"]), request)
-        session = ExecSession(exec_id=names.new_id()[:16])
+        _apply_terminal(process, request)
+        interactive = bool(request.get("tty") or request.get("open_stdin"))
+        session = ExecSession(exec_id=names.new_id()[:16], interactive=interactive)
         container.execs[session.exec_id] = session
         try:
-            result = await container.shim.call("exec", timeout=60, exec=session.exec_id, process=process)
+            result = await container.shim.call("exec", timeout=60, exec=session.exec_id, process=process,
+                                               stdin=bool(request.get("open_stdin")))
         except MoorError:
             container.execs.pop(session.exec_id, None)
             raise
@@ -602,6 +618,9 @@ class Manager:
             return
         log.info("container %s: reconnected to shim %d (%s, replaying from record %d)",
                  container.id, record.shim_pid, state["status"], record.acked_seq + 1)
+        for exec_id, process in (state.get("execs") or {}).items():
+            if process.get("running"):
+                container.execs[exec_id] = ExecSession(exec_id=exec_id, pid=process["pid"], interactive=True)
         container.exit_event = asyncio.Event()
         if state["status"] == "failed":
             await self._delete_task(container)
@@ -670,6 +689,20 @@ def _reject_options_with_spec(options) -> None:
     if given:
         raise InvalidArgument(f"--spec cannot be combined with {', '.join(given)}: put the process, mounts "
                               "and limits in the spec file instead")
+
+
+def _apply_terminal(process: dict, request: dict) -> None:
+    """Give a process the terminal that ``-t`` requests, sized as the client's own terminal."""
+    if not request.get("tty"):
+        return
+    process["terminal"] = True
+    size = request.get("console_size")
+    if size:
+        from shim.console import check_size
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise InvalidArgument(f"invalid console_size {size!r}: give [rows, columns]")
+        rows, columns = check_size(*size)
+        process["consoleSize"] = {"height": rows, "width": columns}
 
 
 def parse_signal(value) -> int:

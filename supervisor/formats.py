@@ -48,6 +48,7 @@ def inspect(container, manager) -> dict:
             "LostOutputBytes": record.lost_bytes,
         },
         "RestartCount": record.restart_count,
+        "ExecIDs": sorted(container.execs) or None,
         "Config": {
             "Cmd": process.get("args", []),
             "Env": process.get("env", []),
@@ -56,6 +57,8 @@ def inspect(container, manager) -> dict:
             "Hostname": record.spec.get("hostname", ""),
             "Labels": record.labels,
             "StopSignal": record.options.get("stop_signal", "SIGTERM"),
+            "Tty": bool(record.options.get("tty")),
+            "OpenStdin": bool(record.options.get("open_stdin")),
         },
         "HostConfig": {
             "RestartPolicy": record.restart_policy,
