@@ -23,7 +23,7 @@ import time
 import uuid
 
 from shim import protocol
-from shim.protocol import MoorError, Unavailable
+from shim.protocol import FailedPrecondition, MoorError, NotImplementedOp, Unavailable
 from supervisor import terminal, zmtp
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class Session:
         self.moord = None
         self.moord_rid = None
         self.moord_result: dict | None = None
+        self.exit_code: int | None = None
 
     # -- set-up -------------------------------------------------------------
 
@@ -93,9 +94,17 @@ class Session:
         self.shim = connect_shim(self.shim_path, pending=self._poll_moord)
         rid = next(self.rids)
         self._send("attach", rid=rid, since=since, token=self.token, stdin=self.forward_stdin, start=start)
-        result = self._wait_reply(rid)
-        self.out_offset = result["offset"] if since is None else since
+        try:
+            result = self._wait_reply(rid)
+        except NotImplementedOp:
+            raise FailedPrecondition("the container's shim is from an older release of moorage and has no "
+                                     "interactive sessions: restart the container to attach to it") from None
+        if self.out_offset is None:
+            self.out_offset = result["offset"] if since is None else since
         self.stdin_sent = self.stdin_written = result["stdin_offset"]
+        if result.get("exit") is not None:
+            # The process exited before this client attached; its output came with the reply.
+            self.exit_code = int(result["exit"]["code"])
         return result
 
     def _wait_reply(self, rid: int):
@@ -117,6 +126,8 @@ class Session:
         read_signal, write_signal = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         previous = self._install_signals(write_signal)
         try:
+            if self.exit_code is not None:
+                return self.exit_code
             if self.tty:
                 self._send_size()
             return self._loop(read_signal)

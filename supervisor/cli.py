@@ -173,7 +173,8 @@ def _run_request(args) -> dict:
     request = {"image": args.image, "name": args.name, "restart": args.restart, "options": options,
                "labels": labels, "stop_signal": args.stop_signal}
     if args.interactive or args.tty:
-        request.update(_interactive_request(args))
+        attached = args.command_name == "run" and not args.detach
+        request.update(_interactive_request(args, attached))
     if args.stop_timeout is not None:
         request["stop_timeout"] = args.stop_timeout
     if args.spec:
@@ -249,11 +250,11 @@ def _forward_signals(client, target: dict) -> None:
 
 # -- interactive sessions ----------------------------------------------------
 
-def _interactive_request(args) -> dict:
+def _interactive_request(args, attached: bool) -> dict:
     """Return the request fields of -i and -t; -t takes the size of moor's own terminal."""
     from supervisor import terminal
 
-    if args.tty and args.interactive and not terminal.is_terminal(0):
+    if attached and args.tty and args.interactive and not terminal.is_terminal(0):
         raise InvalidArgument("the input device is not a terminal: run without -t, or from a terminal")
     request = {"tty": args.tty, "open_stdin": args.interactive}
     size = None
@@ -326,7 +327,7 @@ def _exec_interactive(client, args) -> int:
 
     keys = terminal.parse_detach_keys(args.detach_keys)
     result = client.call("exec", id=args.container, args=list(args.command), env=_resolve_env(args.env),
-                         workdir=args.workdir, user=args.user, **_interactive_request(args))
+                         workdir=args.workdir, user=args.user, **_interactive_request(args, True))
     session = attach.Session(result["attach"], result["exec_id"], tty=args.tty, stdin=args.interactive,
                              detach_keys=keys, sig_proxy=False, close_stdin_on_eof=True)
     code = _serve_session(session, since=0)
