@@ -551,7 +551,7 @@ class Shim:
         if self.status != "created":
             raise FailedPrecondition(f"cannot start container {self.id}: it is {self.status}, not created")
         if message.get("wait_attach") and not self.attach_started:
-            # `moor run -i/-t` attaches before the start, so that it sees the first byte of output.
+            # `moor run -i/-t` attaches before the start, so that it receives the first byte of output.
             self.start_waiter = (identity, message.get("rid"))
             log.info("container %s: start waits for the interactive client to attach", self.id)
             return _DEFERRED

@@ -7,8 +7,8 @@ Output: every chunk gets a byte offset in the process's output.  The last
 ``RING_BYTES`` are kept so that a client that attaches right after the start
 (``since=0``) or reconnects (``since=<last offset>``) misses nothing that is
 still in the ring.  Each client may have at most ``WINDOW_BYTES`` of output
-sent but not acknowledged (``attach_ack``); a chunk that does not fit is
-dropped for that client only and counted, so a client that stops reading
+sent but not acknowledged (``attach_ack``).  A chunk that does not fit is
+dropped for that client only and counted.  So a client that stops reading
 never blocks the container or the other clients.
 
 Stdin: each client numbers its bytes from 0 under a token it chooses, so a
@@ -101,7 +101,7 @@ class Stream:
     # -- clients ----------------------------------------------------------
 
     def attach(self, identity: bytes, token: str, since: int | None, stdin: bool) -> dict:
-        """Add a client; with ``since``, first send what the ring still holds from that offset."""
+        """Add a client; with ``since``, first send the ring's content from that offset on."""
         start = self.out_offset if since is None else max(0, int(since))
         client = AttachedClient(identity, token, min(start, self.out_offset), stdin)
         self.clients[identity] = client

@@ -90,7 +90,7 @@ class Session:
         self.moord, self.moord_rid = client, rid
 
     def attach(self, since: int | None, start: bool = False) -> dict:
-        """Connect and attach; ``since=0`` asks for the output from the first byte."""
+        """Connect and attach; ``since=0`` requests the output from the first byte."""
         self.shim = connect_shim(self.shim_path, pending=self._poll_moord)
         rid = next(self.rids)
         self._send("attach", rid=rid, since=since, token=self.token, stdin=self.forward_stdin, start=start)

@@ -1,8 +1,8 @@
 """Interactive containers: `moor run -i/-t`, `moor exec -i/-t` and `moor attach`.
 
-The CLI runs on a real pty pair that the test holds, as a user's terminal
-would run it: the test types into the master, reads what the client prints,
-and resizes the master (the kernel then sends SIGWINCH to the client).  Every
+The CLI runs on a real pty pair, as in a user's terminal.  The test types
+into the master, reads what the client prints, and resizes the master, after
+which the kernel sends SIGWINCH to the client.  Every
 test uses real runc and a private moord through the `moord` fixture.
 """
 
@@ -36,7 +36,7 @@ def _take_controlling_terminal() -> None:
 
 
 class Terminal:
-    """The moor CLI on a pty pair: the test holds the master, the client gets the slave."""
+    """The moor CLI on a pty pair: the test uses the master, the client gets the slave."""
 
     def __init__(self, moord, *args: str, rows: int = 24, columns: int = 80):
         self.master, self.slave = os.openpty()
