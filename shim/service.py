@@ -36,6 +36,7 @@ F_SETPIPE_SZ = 1031
 PIPE_BYTES = 1024 * 1024
 READ_BYTES = 64 * 1024
 INIT_DRAIN_SECONDS = 2.0
+FINISHED_EXEC_STREAMS = 16
 EXEC_DRAIN_SECONDS = 0.1
 _EXEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Plain ints for the receive path: combining pyzmq's enum constants runs enum code in Python.
@@ -468,6 +469,13 @@ class Shim:
         stream = self.streams.get(process.exec_id or "")
         if stream is not None:
             stream.finish(exit_.code, exit_.signal)
+            self._forget_finished_streams()
+
+    def _forget_finished_streams(self) -> None:
+        """Keep the rings of the last few exited execs only, for clients that attach late."""
+        finished = [key for key, stream in self.streams.items() if key and stream.exit is not None]
+        for key in finished[:-FINISHED_EXEC_STREAMS]:
+            del self.streams[key]
 
     # -- moord messages ---------------------------------------------------
 
@@ -677,6 +685,9 @@ class Shim:
         key = str(message.get("exec") or "")
         process = self._exec(key) if key else self.init
         stream = self.streams.get(key)
+        if stream is None and key and process.reported:
+            raise FailedPrecondition(f"exec {key} in container {self.id} exited with {process.exit.code}; "
+                                     "its session is gone")
         if stream is None and key:
             raise FailedPrecondition(f"exec {key} in container {self.id} was started without -i or -t; "
                                      "it has no session to attach to")
