@@ -100,9 +100,14 @@ class RawMode:
         return self
 
     def restore(self) -> None:
-        if self.saved is not None:
+        """Restore the saved mode; a terminal that hung up (closed window) has nothing to restore."""
+        if self.saved is None:
+            return
+        try:
             termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
-            self.saved = None
+        except termios.error:
+            pass
+        self.saved = None
 
     def __exit__(self, *exc_info) -> None:
         self.restore()

@@ -423,3 +423,45 @@ def test_detach_detector(chunks, forwarded, detached):
         output += data
     assert output == forwarded
     assert found is detached
+
+
+# -- shims of the previous release -------------------------------------------------------
+
+def _previous_release(folder) -> str:
+    """Unpack the tree as it was before interactive sessions existed; return its path."""
+    added = subprocess.run(["git", "-C", str(REPO), "log", "--diff-filter=A", "--format=%H", "--",
+                            "shim/sessions.py"], capture_output=True, timeout=60)
+    commits = added.stdout.split()
+    if added.returncode != 0 or not commits:
+        pytest.skip("needs the git history of the checkout to find the previous release")
+    tree = folder / "previous"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commits[-1].decode() + "^"],
+                             capture_output=True, timeout=60, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, timeout=60, check=True)
+    return str(tree)
+
+
+def test_attach_to_previous_release_shim_fails_clearly(moord_factory, tmp_path):
+    old_tree = _previous_release(tmp_path)
+    daemon = moord_factory(start=False)
+    name = unique("oldshim")
+    log = open(tmp_path / "old-moord.out", "ab")
+    old = subprocess.Popen([sys.executable, "-m", "supervisor.daemon", "--root", str(daemon.root),
+                            "--state", str(daemon.state)], cwd=old_tree, stdout=log, stderr=log,
+                           stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    try:
+        daemon.process = old
+        wait_until(daemon._answers, 30, message="the previous release's moord to answer")
+        daemon.moor("run", "-d", "--name", name, "busybox", "sleep", "300")
+        daemon.stop()
+    finally:
+        if old.poll() is None:
+            old.kill()
+            old.wait(10)
+    daemon.start()
+    result = daemon.moor("attach", name, check=False)
+    assert daemon.inspect(name)["State"]["Status"] == "running"
+    assert result.returncode == 5
+    assert b"older release" in result.stderr
