@@ -56,7 +56,9 @@ class Stream:
         self.tty = tty
         self.stdin_fd = stdin_fd
         self.send = send
-        self.ring = bytearray()
+        # Recent output as (offset, stream, data) chunks, at most about RING_BYTES in all.
+        self.ring: collections.deque[tuple[int, int, bytes]] = collections.deque()
+        self.ring_bytes = 0
         self.ring_start = 0
         self.out_offset = 0
         self.clients: dict[bytes, AttachedClient] = {}
@@ -73,11 +75,12 @@ class Stream:
         """Record one chunk of the process's output and send it to every client with room."""
         offset = self.out_offset
         self.out_offset += len(data)
-        self.ring += data
-        if len(self.ring) > RING_BYTES:
-            cut = len(self.ring) - RING_BYTES
-            del self.ring[:cut]
-            self.ring_start += cut
+        self.ring.append((offset, stream, data))
+        self.ring_bytes += len(data)
+        while self.ring_bytes - len(self.ring[0][2]) >= RING_BYTES:
+            _, _, oldest = self.ring.popleft()
+            self.ring_bytes -= len(oldest)
+            self.ring_start += len(oldest)
         for client in list(self.clients.values()):
             self._deliver(client, stream, offset, data)
 
@@ -102,17 +105,19 @@ class Stream:
 
     def attach(self, identity: bytes, token: str, since: int | None, stdin: bool) -> dict:
         """Add a client; with ``since``, first send the ring's content from that offset on."""
-        start = self.out_offset if since is None else max(0, int(since))
-        client = AttachedClient(identity, token, min(start, self.out_offset), stdin)
+        start = self.out_offset if since is None else min(max(0, int(since)), self.out_offset)
+        client = AttachedClient(identity, token, start, stdin)
         self.clients[identity] = client
         if token not in self.accepted:
             self._remember_token(token)
         if start < self.ring_start:
             self._drop(client, self.ring_start - start)
             start = self.ring_start
-        if start < self.out_offset:
-            client.sent = client.acked = start
-            self._deliver(client, 1, start, bytes(self.ring[start - self.ring_start:]))
+        client.sent = client.acked = start
+        for offset, stream, data in list(self.ring):
+            if offset + len(data) > start:
+                skip = max(0, start - offset)
+                self._deliver(client, stream, offset + skip, data[skip:])
         return {"tty": self.tty, "stdin": self.stdin_fd is not None, "offset": self.out_offset,
                 "stdin_offset": self.accepted[token], "exit": self.exit}
 

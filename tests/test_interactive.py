@@ -465,3 +465,51 @@ def test_attach_to_previous_release_shim_fails_clearly(moord_factory, tmp_path):
     assert daemon.inspect(name)["State"]["Status"] == "running"
     assert result.returncode == 5
     assert b"older release" in result.stderr
+
+
+def test_exec_replay_keeps_streams_apart(moord):
+    name = unique("execstreams")
+    moord.moor("run", "-d", "--name", name, "busybox", "sleep", "300")
+    result = moord.moor("exec", "-i", name, "sh", "-c", "echo out; echo err >&2", input=b"")
+    assert result.stdout == b"out\n"
+    assert result.stderr == b"err\n"
+
+
+# -- the shim's per-client buffers ---------------------------------------------------------
+
+def _recording_stream():
+    from shim.sessions import Stream
+
+    sent: list[tuple[bytes, dict]] = []
+    stream = Stream("c" * 64, "", False, None, lambda identity, message: sent.append((identity, message)) or True)
+    return stream, sent
+
+
+def test_stream_slow_client_drops_only_its_own_output():
+    from shim.sessions import WINDOW_BYTES
+
+    stream, sent = _recording_stream()
+    stream.attach(b"reader", "reader", None, False)
+    stream.attach(b"stalled", "stalled", None, False)
+    chunk = b"x" * 16384
+    for _ in range(64):
+        stream.output(1, chunk)
+        stream.ack(b"reader", stream.out_offset)
+    received = {identity: sum(len(message["d"]) for peer, message in sent if peer == identity)
+                for identity in (b"reader", b"stalled")}
+    assert received[b"reader"] == 64 * len(chunk)
+    assert received[b"stalled"] == WINDOW_BYTES
+    assert stream.clients[b"stalled"].dropped == 64 * len(chunk) - WINDOW_BYTES
+
+
+def test_stream_attach_before_ring_counts_drop():
+    from shim.sessions import RING_BYTES
+
+    stream, sent = _recording_stream()
+    for _ in range(8):
+        stream.output(1, b"y" * (RING_BYTES // 2))
+    stream.attach(b"late", "late", 0, False)
+    replayed = sum(len(message["d"]) for _, message in sent)
+    assert replayed == stream.out_offset - stream.ring_start
+    assert stream.clients[b"late"].dropped == stream.ring_start
+    assert sent[0][1]["off"] == stream.ring_start
