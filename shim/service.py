@@ -538,7 +538,8 @@ class Shim:
                   "error": self.error, "next_seq": self.outbox.next_seq, "acked_seq": self.outbox.acked_seq,
                   "lost_bytes": self.outbox.lost_total, "version": protocol.VERSION,
                   "execs": {key: {"pid": p.pid, "running": p.exit is None} for key, p in self.execs.items()},
-                  "sessions": {key or "init": stream.describe() for key, stream in self.streams.items()}}
+                  "sessions": {key or "init": stream.describe() for key, stream in self.streams.items()},
+                  "features": [protocol.FEATURE_SESSIONS]}
         if init.exit is not None:
             result.update(exit_code=init.exit.code, signal=init.exit.signal, exited_at=init.exit.at)
         return result

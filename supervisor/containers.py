@@ -80,6 +80,8 @@ class Container:
         self.listeners: set[asyncio.Queue] = set()
         self.execs: dict[str, ExecSession] = {}
         self.restart_handle: asyncio.TimerHandle | None = None
+        # What the current shim supports beyond the first protocol release, from its state.
+        self.shim_features: frozenset[str] = frozenset()
         self.failures_in_a_row = 0
         self.stopping = False
 
@@ -273,6 +275,7 @@ class Manager:
 
         try:
             state = await container.shim.call("subscribe", timeout=120, **{"from": 1})
+            container.shim_features = frozenset(state.get("features") or ())
             if state["status"] == "failed":
                 await self._fail_start(container, state["error"])
             if wait_attach:
@@ -547,6 +550,10 @@ class Manager:
         process = self._exec_process(record.spec["process"], Path(record.spec["root"]["path"]), request)
         _apply_terminal(process, request)
         interactive = bool(request.get("tty") or request.get("open_stdin"))
+        if interactive and protocol.FEATURE_SESSIONS not in container.shim_features:
+            raise FailedPrecondition(
+                f"the shim of container {record.name} is from an older release and cannot run exec -i or -t: "
+                f"restart the container (`moor restart {record.name}`) to give it a current shim")
         session = ExecSession(exec_id=names.new_id()[:16], interactive=interactive)
         container.execs[session.exec_id] = session
         try:
@@ -612,6 +619,7 @@ class Manager:
         self._connect(container, record.task_gen)
         try:
             state = await container.shim.call("subscribe", timeout=10, **{"from": record.acked_seq + 1})
+            container.shim_features = frozenset(state.get("features") or ())
         except MoorError as exc:
             log.error("container %s: shim %d did not respond: %s", container.id, record.shim_pid, exc)
             await self._mark_vanished(container, False)

@@ -442,7 +442,9 @@ def _previous_release(folder) -> str:
     return str(tree)
 
 
-def test_attach_to_previous_release_shim_fails_clearly(moord_factory, tmp_path):
+@pytest.fixture
+def previous_release_container(moord_factory, tmp_path):
+    """Run a container under the previous release's moord and shim, then restore it with this moord."""
     old_tree = _previous_release(tmp_path)
     daemon = moord_factory(start=False)
     name = unique("oldshim")
@@ -461,9 +463,21 @@ def test_attach_to_previous_release_shim_fails_clearly(moord_factory, tmp_path):
             old.kill()
             old.wait(10)
     daemon.start()
+    return daemon, name
+
+
+def test_attach_to_previous_release_shim_fails_clearly(previous_release_container):
+    daemon, name = previous_release_container
     result = daemon.moor("attach", name, check=False)
     assert daemon.inspect(name)["State"]["Status"] == "running"
     assert result.returncode == 5
+    assert b"older release" in result.stderr
+
+
+def test_exec_in_previous_release_shim_fails_clearly(previous_release_container):
+    daemon, name = previous_release_container
+    result = daemon.moor("exec", "-i", name, "cat", input=b"", check=False)
+    assert result.returncode == 125
     assert b"older release" in result.stderr
 
 
