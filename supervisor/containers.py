@@ -177,6 +177,8 @@ class Manager:
         try:
             spec = await self._prepare(image, options, container_id, rootfs, request.get("spec"))
             _apply_terminal(spec["process"], request)
+            # A --spec file may ask for a terminal itself; the shim must then receive the pty.
+            request = {**request, "tty": bool(spec["process"].get("terminal"))}
             await asyncio.to_thread(self.images.unmount_rootfs, rootfs)
         except BaseException:
             await asyncio.to_thread(self._remove_folder, container_id)

@@ -231,6 +231,38 @@ def test_run_tty_initial_size_then_resize(moord, terminals):
     assert terminal.wait() == 0
 
 
+def test_spec_terminal_initial_size_then_resize(moord, tmp_path):
+    """A --spec file's terminal and consoleSize apply before the start; a resize reaches the process."""
+    import json
+    from supervisor.ocispec import RunOptions, build_spec
+
+    rootfs = tmp_path / "unused-rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    # The sleep gives the test time to resize while the shell waits, as in the bug report.
+    script = "stty size; trap 'echo winch' WINCH; sleep 3; stty size"
+    spec = build_spec({}, RunOptions(args=("/bin/sh", "-c", script)), rootfs=str(rootfs), container_id="spec",
+                      hostname="box", cgroups_path=f"/moorage/test-{uuid.uuid4().hex[:12]}")
+    spec["process"]["terminal"] = True
+    spec["process"]["consoleSize"] = {"height": 42, "width": 173}
+    (tmp_path / "config.json").write_text(json.dumps(spec))
+    name = unique("specsize")
+    moord.moor("run", "-d", "--name", name, "--spec", str(tmp_path / "config.json"), "busybox")
+    wait_until(lambda: b"42 173" in moord.logs(name), 30, message="the initial size in the logs")
+    peer = ShimPeer(moord, name)
+    try:
+        reply = peer.call("resize", rows=50, cols=200)
+    finally:
+        peer.close()
+    moord.wait_status(name, "exited")
+    output = moord.logs(name)
+    lines = [line.strip() for line in output.splitlines()]
+    assert "ok" in reply
+    assert moord.inspect(name)["Config"]["Tty"] is True
+    assert lines[0] == b"42 173"
+    assert b"winch" in lines
+    assert lines[-1] == b"50 200"
+
+
 def test_resize_without_terminal_is_rejected(moord):
     name = unique("notty")
     moord.moor("run", "-d", "--name", name, "busybox", "sleep", "300")
