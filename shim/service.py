@@ -37,6 +37,7 @@ PIPE_BYTES = 1024 * 1024
 READ_BYTES = 64 * 1024
 INIT_DRAIN_SECONDS = 2.0
 FINISHED_EXEC_STREAMS = 16
+_SIGKILL = 9
 EXEC_DRAIN_SECONDS = 0.1
 _EXEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Plain ints for the receive path: combining pyzmq's enum constants runs enum code in Python.
@@ -218,17 +219,36 @@ class ProcessStdio:
             os.close(self.stdin_pipe[0])
             if self.stdin_pipe[1] >= 0:
                 os.close(self.stdin_pipe[1])
-        os.close(self.null)
-        self.pipes, self.stdin_pipe = {}, None
+        if self.null >= 0:
+            os.close(self.null)
+        self.pipes, self.stdin_pipe, self.null = {}, None, -1
 
     def close_all(self) -> None:
+        """Close every fd after a failed start; calling it again does nothing."""
         for read_fd, _ in self.pipes.values():
             os.close(read_fd)
         if self.master is not None:
             os.close(self.master)
+            self.master = None
         if self.console is not None:
             self.console.close()
+            self.console = None
         self.close_child_ends()
+
+
+def _open_stdio(stdin: bool, tty: bool, console_path: str) -> ProcessStdio:
+    try:
+        return ProcessStdio(stdin, tty, console_path)
+    except OSError as exc:
+        raise StartFailed(f"failed to prepare the stdio of the process ({console_path}): {exc}") from None
+
+
+def _receive_terminal(stdio: ProcessStdio) -> None:
+    """Receive the pty master; a runtime that sent none is a failed start."""
+    try:
+        stdio.receive()
+    except OSError as exc:
+        raise StartFailed(f"failed to receive the terminal from the runtime: {exc}") from None
 
 
 class Shim:
@@ -286,15 +306,18 @@ class Shim:
         return socket
 
     def _create(self) -> None:
-        stdio = ProcessStdio(self.config.stdin, self.config.tty, os.path.join(self.folder, "console.sock"))
+        init_pid, stdio = 0, None
         try:
+            stdio = _open_stdio(self.config.stdin, self.config.tty, os.path.join(self.folder, "tty.sock"))
             init_pid = run_in_worker(self._create_container, stdio.for_runtime(), stdio.console_path())
-            stdio.receive()
-        except (StartFailed, OSError) as exc:
-            error = exc if isinstance(exc, StartFailed) else StartFailed(f"failed to receive the terminal: {exc}")
-            log.error("create of container %s failed: %s", self.id, error.message)
-            self.status, self.error = "failed", error.to_wire()
-            stdio.close_all()
+            _receive_terminal(stdio)
+        except StartFailed as exc:
+            log.error("create of container %s failed: %s", self.id, exc.message)
+            self.status, self.error = "failed", exc.to_wire()
+            if stdio is not None:
+                stdio.close_all()
+            if init_pid:
+                run_in_worker(self.runtime.delete, self.id, True)
             return
 
         self._adopt_stdio(self.init, stdio)
@@ -608,13 +631,15 @@ class Shim:
         tty = bool(process_spec.get("terminal"))
         # Numbered, not named by exec id: a unix socket path must fit in 107 bytes.
         self.console_count += 1
-        stdio = ProcessStdio(stdin, tty, os.path.join(self.folder, f"console{self.console_count}.sock"))
+        stdio = _open_stdio(stdin, tty, os.path.join(self.folder, f"tty{self.console_count}.sock"))
         process = Process(exec_id)
         try:
             process.pid = run_in_worker(self._exec_process, exec_id, process_spec, stdio.for_runtime(),
                                         stdio.console_path())
-            stdio.receive()
-        except BaseException:
+            _receive_terminal(stdio)
+        except StartFailed:
+            if process.pid:
+                os.kill(process.pid, _SIGKILL)
             stdio.close_all()
             raise
 
