@@ -66,7 +66,8 @@ class Session:
         self.exec_id = exec_id or ""
         self.tty = tty
         self.forward_stdin = stdin
-        self.detector = terminal.DetachDetector(detach_keys) if detach_keys and stdin else None
+        # As in docker, only a terminal session watches for detach keys, so piped binary data passes unchanged.
+        self.detector = terminal.DetachDetector(detach_keys) if detach_keys and stdin and tty else None
         self.sig_proxy = sig_proxy and not tty
         self.close_stdin_on_eof = close_stdin_on_eof
         self.token = uuid.uuid4().hex

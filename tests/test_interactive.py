@@ -9,6 +9,7 @@ test uses real runc and a private moord through the `moord` fixture.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import select
 import signal
@@ -149,6 +150,18 @@ def test_run_stdin_eof_ends_process(moord):
     result = moord.moor("run", "-i", "--rm", "busybox", "sh", "-c", "wc -c; exit 4", input=b"12345", check=False)
     assert result.stdout.strip() == b"5"
     assert result.returncode == 4
+
+
+def test_run_stdin_large_input_arrives_whole(moord):
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    result = moord.moor("run", "-i", "--rm", "busybox", "md5sum", input=data)
+    assert result.stdout.split()[0].decode() == hashlib.md5(data).hexdigest()
+
+
+def test_run_stdin_without_tty_ignores_detach_keys(moord):
+    result = moord.moor("run", "-i", "--rm", "busybox", "cat", input=b"a" + CTRL_P_CTRL_Q + b"b")
+    assert result.stdout == b"a" + CTRL_P_CTRL_Q + b"b"
+    assert result.returncode == 0
 
 
 def test_run_stdin_keeps_stderr_apart(moord):
@@ -406,6 +419,23 @@ def test_session_survives_moord_kill9(moord, terminals):
     terminal.type(b"exit 6\r")
     assert terminal.wait() == 6
     assert moord.wait_status(name, "exited")["State"]["ExitCode"] == 6
+
+
+def test_exec_session_survives_moord_kill9(moord, terminals):
+    name = unique("execsurvive")
+    moord.moor("run", "-d", "--name", name, "busybox", "sleep", "300")
+    terminal = terminals(moord, "exec", "-it", name, "sh")
+    terminal.expect(b"# ")
+    running = moord.inspect(name)["ExecIDs"]
+    moord.kill9()
+    moord.start()
+    restored = moord.inspect(name)["ExecIDs"]
+    terminal.type(b"echo $((7 * 6))\r")
+    terminal.expect(b"42")
+    terminal.type(b"exit 8\r")
+    assert terminal.wait() == 8
+    assert restored == running
+    wait_until(lambda: moord.inspect(name)["ExecIDs"] is None, 30, message="the exec to leave ExecIDs")
 
 
 def test_attach_after_moord_restart(moord, terminals):
