@@ -266,8 +266,12 @@ class Session:
 
     def _reconnect(self):
         """Attach again after the shim's connection broke, from the last offset written."""
+        self.shim.close()
+        # A shim goes away when its task is deleted, for example after a failed start: moord's reply says why.
+        self.wait_moord(timeout=2)
+        if self.moord_result is not None:
+            return int(self.moord_result.get("exit_code", 0))
         try:
-            self.shim.close()
             self.shim = connect_shim(self.shim_path, RECONNECT_SECONDS)
             rid = next(self.rids)
             self._send("attach", rid=rid, since=self.out_offset, token=self.token, stdin=self.forward_stdin)

@@ -213,6 +213,13 @@ def test_run_tty_exit_code_is_process_code(moord, terminals):
     assert terminal.wait() == 3
 
 
+def test_run_tty_missing_command_exits_127(moord, terminals):
+    terminal = terminals(moord, "run", "-it", "--rm", "busybox", "no-such-command")
+    assert terminal.wait() == 127
+    assert b"no-such-command" in terminal.output
+    assert termios.tcgetattr(terminal.slave) == terminal.attributes
+
+
 def test_run_tty_restores_terminal_mode(moord, terminals):
     terminal = terminals(moord, "run", "-it", "--rm", "busybox", "sh")
     terminal.expect(b"# ")
