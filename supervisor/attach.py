@@ -267,7 +267,8 @@ class Session:
     def _reconnect(self):
         """Attach again after the shim's connection broke, from the last offset written."""
         self.shim.close()
-        # A shim goes away when its task is deleted, for example after a failed start: moord's reply says why.
+        # A shim goes away when its task is deleted, for example after a failed start.
+        # moord's reply then contains the reason.
         self.wait_moord(timeout=2)
         if self.moord_result is not None:
             return int(self.moord_result.get("exit_code", 0))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import select
 import signal
@@ -25,6 +26,7 @@ from conftest import REPO, wait_until
 from shim import protocol
 from shim.protocol import InvalidArgument
 from supervisor import zmtp
+from supervisor.ocispec import RunOptions, build_spec
 from supervisor.terminal import DetachDetector, parse_detach_keys
 
 READ_TIMEOUT = 30
@@ -253,9 +255,6 @@ def test_run_tty_initial_size_then_resize(moord, terminals):
 
 def test_spec_terminal_initial_size_then_resize(moord, tmp_path):
     """A --spec file's terminal and consoleSize apply before the start; a resize reaches the process."""
-    import json
-    from supervisor.ocispec import RunOptions, build_spec
-
     rootfs = tmp_path / "unused-rootfs"
     (rootfs / "bin").mkdir(parents=True)
     # The sleep gives the test time to resize while the shell waits, as in the bug report.
