@@ -728,7 +728,8 @@ class Shim:
         process, stream = self._stream(message)
         since = message.get("since")
         token = str(message.get("token") or identity.hex())
-        result = stream.attach(identity, token, None if since is None else int(since), bool(message.get("stdin")))
+        since = None if since is None else _offset(message, "since")
+        result = stream.attach(identity, token, since, bool(message.get("stdin")))
         log.info("container %s: client attached to %s (%d attached)", self.id, process.exec_id or "init",
                  len(stream.clients))
         if message.get("start"):
@@ -752,14 +753,14 @@ class Shim:
         log.info("container %s: client detached from %s", self.id, message.get("exec") or "init")
 
     def op_attach_ack(self, identity: bytes, message: dict) -> None:
-        self._stream(message)[1].ack(identity, int(message.get("off", 0)))
+        self._stream(message)[1].ack(identity, _offset(message, "off"))
 
     def op_stdin(self, identity: bytes, message: dict) -> None:
         data = message.get("d")
         if not isinstance(data, bytes) or len(data) > protocol.MAX_CHUNK_BYTES:
             raise InvalidArgument("stdin data must be bytes of at most "
                                   f"{protocol.MAX_CHUNK_BYTES} per message")
-        self._stream(message)[1].write_stdin(identity, int(message.get("off", 0)), data)
+        self._stream(message)[1].write_stdin(identity, _offset(message, "off"), data)
 
     def op_stdin_close(self, identity: bytes, message: dict) -> None:
         self._stream(message)[1].request_close()
@@ -783,3 +784,11 @@ class Shim:
 
 
 _DEFERRED = object()
+
+
+def _offset(message: dict, key: str) -> int:
+    """Return a byte offset field of a session message (0 when it is missing)."""
+    value = message.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument(f"invalid {key} {value!r}: a byte offset must be an integer of 0 or more")
+    return value

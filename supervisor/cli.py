@@ -3,6 +3,8 @@
 Exit codes: 0 on success; for ``run``, ``start -a`` and ``exec`` the
 container's or process's own exit code, 125 when moord reports an error, 126
 when the command cannot be run and 127 when it is not found, as docker does.
+``attach`` exits with the container's exit code, and a session that the
+user detaches from (ctrl-p ctrl-q) exits with 0.
 Every other command exits with 1 for an internal error, 2 for invalid input,
 3 when the container or image is not found, 4 when a name is already in use,
 5 when the object is in the wrong state, 6 when moord is not running and

@@ -282,6 +282,26 @@ def test_spec_terminal_initial_size_then_resize(moord, tmp_path):
     assert lines[-1] == b"50 200"
 
 
+def test_run_tty_without_stdin(moord, terminals):
+    terminal = terminals(moord, "run", "-t", "--rm", "busybox", "sh", "-c", "stty size; exit 2", rows=30, columns=90)
+    assert terminal.wait() == 2
+    assert b"30 90" in terminal.output
+
+
+def test_attach_invalid_offset_is_rejected(moord):
+    name = unique("badoffset")
+    moord.moor("run", "-d", "--name", name, "busybox", "sleep", "300")
+    peer = ShimPeer(moord, name)
+    try:
+        reply = peer.call("attach", since="start")
+        state = peer.call("state")
+    finally:
+        peer.close()
+    assert reply["err"]["code"] == "invalid_argument"
+    assert "'start'" in reply["err"]["message"]
+    assert state["ok"]["status"] == "running"
+
+
 def test_resize_without_terminal_is_rejected(moord):
     name = unique("notty")
     moord.moor("run", "-d", "--name", name, "busybox", "sleep", "300")
