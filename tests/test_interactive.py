@@ -374,6 +374,11 @@ def test_attach_to_stopped_container_fails(moord):
     assert b"not running" in result.stderr
 
 
+def _dropped_bytes(peer: ShimPeer) -> int:
+    """Return the output bytes that the shim dropped for slow clients of the container's init."""
+    return peer.call("state")["ok"]["sessions"].get("init", {}).get("dropped", 0)
+
+
 def test_two_clients_one_not_reading(moord, terminals):
     name = unique("twoclients")
     moord.moor("run", "-d", "--name", name, "busybox", "sh", "-c",
@@ -382,7 +387,7 @@ def test_two_clients_one_not_reading(moord, terminals):
     try:
         assert "ok" in stalled.call("attach", token="stalled")
         reader = terminals(moord, "attach", "--no-stdin", name)
-        wait_until(lambda: stalled.call("state")["ok"]["sessions"]["init"]["dropped"] > 0, 60,
+        wait_until(lambda: _dropped_bytes(stalled) > 0, 60,
                    message="the shim to drop output of the client that does not read")
         reader.expect(b"line ")
         reader.output.clear()
@@ -391,6 +396,27 @@ def test_two_clients_one_not_reading(moord, terminals):
         state = stalled.call("state")["ok"]
     finally:
         stalled.close()
+    assert state["status"] == "running"
+    assert state["sessions"]["init"]["clients"] == 2
+
+
+def test_two_terminals_one_not_reading(moord, terminals):
+    name = unique("twoterms")
+    moord.moor("run", "-d", "--name", name, "busybox", "sh", "-c",
+               "i=0; while true; do echo line $i; i=$((i+1)); done")
+    terminals(moord, "attach", "--no-stdin", name)  # its master is never read, so its client blocks
+    reader = terminals(moord, "attach", "--no-stdin", name)
+    peer = ShimPeer(moord, name)
+    try:
+        wait_until(lambda: _dropped_bytes(peer) > 0, 60,
+                   message="the shim to drop output of the terminal that is not read")
+        reader.expect(b"line ")
+        reader.output.clear()
+        reader.seen = 0
+        reader.expect(b"line ")
+        state = peer.call("state")["ok"]
+    finally:
+        peer.close()
     assert state["status"] == "running"
     assert state["sessions"]["init"]["clients"] == 2
 
