@@ -242,14 +242,17 @@ def test_run_tty_restores_terminal_after_sigterm(moord, terminals):
 
 def test_run_tty_initial_size_then_resize(moord, terminals):
     """The size is set before the process starts, and a resize reaches it as SIGWINCH."""
-    # The sleep gives the test time to resize while the shell waits, as in the bug report.
-    script = "stty size; trap 'echo winch' WINCH; sleep 3; stty size"
+    # The shell waits in `read` with its trap set ("ready") until the test presses Enter.
+    script = "stty size; trap 'echo winch' WINCH; echo ready; read line; stty size"
     terminal = terminals(moord, "run", "-it", "--rm", "busybox", "sh", "-c", script, rows=42, columns=173)
     first = terminal.expect(b"\r\n")
+    terminal.expect(b"ready")
     terminal.resize(50, 200)
-    rest = terminal.expect(b"50 200\r\n")
+    terminal.expect(b"winch")
+    terminal.type(b"\r")
+    last = terminal.expect(b"50 200")
     assert first.strip() == b"42 173"
-    assert b"winch" in rest
+    assert b"42 173" not in last
     assert terminal.wait() == 0
 
 
@@ -257,8 +260,8 @@ def test_spec_terminal_initial_size_then_resize(moord, tmp_path):
     """A --spec file's terminal and consoleSize apply before the start; a resize reaches the process."""
     rootfs = tmp_path / "unused-rootfs"
     (rootfs / "bin").mkdir(parents=True)
-    # The sleep gives the test time to resize while the shell waits, as in the bug report.
-    script = "stty size; trap 'echo winch' WINCH; sleep 3; stty size"
+    # The shell waits with its trap set ("ready") until the test creates /go.
+    script = "stty size; trap 'echo winch' WINCH; echo ready; until [ -e /go ]; do sleep 0.1; done; stty size"
     spec = build_spec({}, RunOptions(args=("/bin/sh", "-c", script)), rootfs=str(rootfs), container_id="spec",
                       hostname="box", cgroups_path=f"/moorage/test-{uuid.uuid4().hex[:12]}")
     spec["process"]["terminal"] = True
@@ -266,12 +269,14 @@ def test_spec_terminal_initial_size_then_resize(moord, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(spec))
     name = unique("specsize")
     moord.moor("run", "-d", "--name", name, "--spec", str(tmp_path / "config.json"), "busybox")
-    wait_until(lambda: b"42 173" in moord.logs(name), 30, message="the initial size in the logs")
+    wait_until(lambda: b"ready" in moord.logs(name), 30, message="the trap to be set")
     peer = ShimPeer(moord, name)
     try:
         reply = peer.call("resize", rows=50, cols=200)
     finally:
         peer.close()
+    wait_until(lambda: b"winch" in moord.logs(name), 30, message="the trap to run")
+    moord.moor("exec", name, "touch", "/go")
     moord.wait_status(name, "exited")
     output = moord.logs(name)
     lines = [line.strip() for line in output.splitlines()]
