@@ -21,7 +21,7 @@ import sys
 import time
 
 from shim import protocol
-from shim.protocol import InvalidArgument, MoorError, StartFailed
+from shim.protocol import FailedPrecondition, InvalidArgument, MoorError, StartFailed
 
 VERSION = "0.1.0"
 RUN_ERROR_EXIT = 125
@@ -294,8 +294,12 @@ def _wait_attach_address(client, rid: int) -> str:
             continue
         if "err" in message:
             raise protocol.error_from_wire(message["err"])
-        if "attach" in message.get("out", {}):
-            return message["out"]["attach"]
+        first = message.get("out", {})
+        if "attach" in first:
+            return first["attach"]
+        raise FailedPrecondition(
+            f"moord is older than this moor and started container {first.get('id', '')[:12]} without "
+            "stdin or a terminal: upgrade moord to use -i and -t")
 
 
 def _serve_session(session, since: int | None, start: bool = False):

@@ -461,6 +461,26 @@ def test_sig_proxy_false_leaves_container_running(moord):
     assert moord.inspect(name)["State"]["Status"] == "running"
 
 
+def test_attach_sig_proxy_forwards_sigterm(moord):
+    name = unique("attachproxy")
+    moord.moor("run", "-d", "--name", name, "busybox", "sh", "-c",
+               "trap 'echo got-term; exit 9' TERM; while true; do sleep 0.1; done")
+    command = [sys.executable, "-m", "supervisor.cli", "--state", str(moord.state), "attach", name]
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, cwd=REPO)
+    peer = ShimPeer(moord, name)
+    try:
+        wait_until(lambda: peer.call("state")["ok"]["sessions"].get("init", {}).get("clients") == 1, 30,
+                   message="the attach client to attach")
+        process.send_signal(signal.SIGTERM)
+        output = process.stdout.read()
+        code = process.wait(READ_TIMEOUT)
+    finally:
+        peer.close()
+        process.kill()
+    assert output == b"got-term\n"
+    assert code == 9
+
+
 # -- moord restarts ------------------------------------------------------------------
 
 def test_session_survives_moord_kill9(moord, terminals):
@@ -562,27 +582,40 @@ def _previous_release(folder) -> str:
 
 
 @pytest.fixture
-def previous_release_container(moord_factory, tmp_path):
-    """Run a container under the previous release's moord and shim, then restore it with this moord."""
+def previous_release_moord(moord_factory, tmp_path):
+    """A moord of the previous release, run from its own tree; stopped at teardown if still running."""
     old_tree = _previous_release(tmp_path)
     daemon = moord_factory(start=False)
-    name = unique("oldshim")
     log = open(tmp_path / "old-moord.out", "ab")
-    old = subprocess.Popen([sys.executable, "-m", "supervisor.daemon", "--root", str(daemon.root),
-                            "--state", str(daemon.state)], cwd=old_tree, stdout=log, stderr=log,
-                           stdin=subprocess.DEVNULL, start_new_session=True)
+    daemon.process = subprocess.Popen([sys.executable, "-m", "supervisor.daemon", "--root", str(daemon.root),
+                                       "--state", str(daemon.state)], cwd=old_tree, stdout=log, stderr=log,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
+    old = daemon.process
     try:
-        daemon.process = old
         wait_until(daemon._answers, 30, message="the previous release's moord to answer")
-        daemon.moor("run", "-d", "--name", name, "busybox", "sleep", "300")
-        daemon.stop()
+        yield daemon
     finally:
         if old.poll() is None:
             old.kill()
             old.wait(10)
+
+
+@pytest.fixture
+def previous_release_container(previous_release_moord):
+    """Run a container under the previous release's moord and shim, then restore it with this moord."""
+    daemon = previous_release_moord
+    name = unique("oldshim")
+    daemon.moor("run", "-d", "--name", name, "busybox", "sleep", "300")
+    daemon.stop()
     daemon.start()
     return daemon, name
+
+
+def test_run_interactive_on_previous_release_moord_fails_clearly(previous_release_moord):
+    result = previous_release_moord.moor("run", "-i", "--rm", "busybox", "cat", input=b"x", check=False)
+    assert result.returncode == 125
+    assert b"older than this moor" in result.stderr
 
 
 def test_attach_to_previous_release_shim_fails_clearly(previous_release_container):
