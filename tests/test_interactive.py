@@ -181,12 +181,16 @@ def test_exec_stdin_exit_code(moord):
     assert result.returncode == 5
 
 
-def test_exec_interactive_missing_command_exits_127(moord):
-    name = unique("exec127")
+@pytest.mark.parametrize("command, code", [
+    ("no-such-command", 127),
+    ("/etc/passwd", 126),
+], ids=["not-found", "not-executable"])
+def test_exec_interactive_start_failure_code(moord, command, code):
+    name = unique("execfail")
     moord.moor("run", "-d", "--name", name, "busybox", "sleep", "300")
-    result = moord.moor("exec", "-i", name, "no-such-command", input=b"", check=False)
-    assert result.returncode == 127
-    assert b"no-such-command" in result.stderr
+    result = moord.moor("exec", "-i", name, command, input=b"", check=False)
+    assert result.returncode == code
+    assert command.encode() in result.stderr
 
 
 def test_stdin_chunk_sent_twice_is_written_once(moord):
