@@ -23,7 +23,7 @@ import time
 import uuid
 
 from shim import protocol
-from shim.protocol import FailedPrecondition, MoorError, NotImplementedOp, Unavailable
+from shim.protocol import FailedPrecondition, InvalidArgument, MoorError, NotImplementedOp, Unavailable
 from supervisor import terminal, zmtp
 
 log = logging.getLogger(__name__)
@@ -322,3 +322,88 @@ class Session:
     def close(self) -> None:
         if self.shim is not None:
             self.shim.close()
+
+
+# -- the interactive commands of `moor` ----------------------------------------------------
+
+def interactive_request(args, attached: bool) -> dict:
+    """Return the request fields of -i and -t; -t takes the size of moor's own terminal."""
+    if attached and args.tty and args.interactive and not terminal.is_terminal(0):
+        raise InvalidArgument("the input device is not a terminal: run without -t, or from a terminal")
+    request = {"tty": args.tty, "open_stdin": args.interactive}
+    size = None
+    if args.tty:
+        size = terminal.window_size(1) or terminal.window_size(0)
+    if size is not None:
+        request["console_size"] = list(size)
+    return request
+
+
+def run_interactive(client, request: dict, args) -> int:
+    """Run ``moor run -i/-t``: create, attach before the start, return the exit code (0 on detach)."""
+    keys = terminal.parse_detach_keys(args.detach_keys)
+    rid = client.send("run", **request)
+    address = _wait_attach_address(client, rid)
+    session = Session(address, tty=args.tty, stdin=args.interactive, detach_keys=keys,
+                      sig_proxy=args.sig_proxy, close_stdin_on_eof=True)
+    session.follow_moord(client, rid)
+    code = _serve_session(session, since=0, start=True)
+    if code is DETACHED:
+        return 0
+    if args.rm:
+        # TODO: after a moord restart during the session, moor returns without waiting for the removal.
+        session.wait_moord(timeout=60)
+    return code
+
+
+def _wait_attach_address(client, rid: int) -> str:
+    """Return the shim's address from the first message of an interactive run."""
+    while True:
+        client.dealer.poll(None)
+        message = protocol.unpack(client.dealer.recv())
+        if message.get("rid") != rid:
+            continue
+        if "err" in message:
+            raise protocol.error_from_wire(message["err"])
+        first = message.get("out", {})
+        if "attach" in first:
+            return first["attach"]
+        raise FailedPrecondition(
+            f"moord is older than this moor and started container {first.get('id', '')[:12]} without "
+            "stdin or a terminal: upgrade moord to use -i and -t")
+
+
+def attach_container(client, args) -> int:
+    """Run ``moor attach``: follow the container's main process until it exits (its code) or a detach (0)."""
+    keys = terminal.parse_detach_keys(args.detach_keys)
+    info = client.call("attach", id=args.container)
+    # TODO: a restart by the restart policy starts a new shim, and this session ends with the old task.
+    session = Session(info["attach"], tty=info["tty"], stdin=info["open_stdin"] and not args.no_stdin,
+                      detach_keys=keys, sig_proxy=args.sig_proxy, close_stdin_on_eof=False)
+    code = _serve_session(session, since=None)
+    return 0 if code is DETACHED else code
+
+
+def exec_interactive(client, args, env: list[str]) -> int:
+    """Run ``moor exec -i/-t``: start the exec, attach from its first byte, return its exit code."""
+    keys = terminal.parse_detach_keys(args.detach_keys)
+    result = client.call("exec", id=args.container, args=list(args.command), env=env, workdir=args.workdir,
+                         user=args.user, **interactive_request(args, attached=True))
+    session = Session(result["attach"], result["exec_id"], tty=args.tty, stdin=args.interactive,
+                      detach_keys=keys, sig_proxy=False, close_stdin_on_eof=True)
+    code = _serve_session(session, since=0)
+    return 0 if code is DETACHED else code
+
+
+def _serve_session(session: Session, since: int | None, start: bool = False):
+    """Attach, put the terminal in raw mode for -it, run the session and always restore the terminal."""
+    raw = None
+    try:
+        if session.tty and session.forward_stdin and terminal.is_terminal(0):
+            raw = terminal.RawMode(0).__enter__()
+        session.attach(since, start)
+        return session.run()
+    finally:
+        if raw is not None:
+            raw.restore()
+        session.close()

@@ -21,7 +21,7 @@ import sys
 import time
 
 from shim import protocol
-from shim.protocol import FailedPrecondition, InvalidArgument, MoorError, StartFailed
+from shim.protocol import InvalidArgument, MoorError, StartFailed
 
 VERSION = "0.1.0"
 RUN_ERROR_EXIT = 125
@@ -175,8 +175,8 @@ def _run_request(args) -> dict:
     request = {"image": args.image, "name": args.name, "restart": args.restart, "options": options,
                "labels": labels, "stop_signal": args.stop_signal}
     if args.interactive or args.tty:
-        attached = args.command_name == "run" and not args.detach
-        request.update(_interactive_request(args, attached))
+        from supervisor import attach
+        request.update(attach.interactive_request(args, attached=args.command_name == "run" and not args.detach))
     if args.stop_timeout is not None:
         request["stop_timeout"] = args.stop_timeout
     if args.spec:
@@ -228,7 +228,8 @@ def cmd_run(client, args) -> int:
         return 0
     request["attach"] = True
     if args.interactive or args.tty:
-        return _run_interactive(client, request, args)
+        from supervisor import attach
+        return attach.run_interactive(client, request, args)
     rid = client.send("run", **request)
     target: dict = {}
     _forward_signals(client, target)
@@ -250,96 +251,10 @@ def _forward_signals(client, target: dict) -> None:
         signal.signal(signum, forward)
 
 
-# -- interactive sessions ----------------------------------------------------
-
-def _interactive_request(args, attached: bool) -> dict:
-    """Return the request fields of -i and -t; -t takes the size of moor's own terminal."""
-    from supervisor import terminal
-
-    if attached and args.tty and args.interactive and not terminal.is_terminal(0):
-        raise InvalidArgument("the input device is not a terminal: run without -t, or from a terminal")
-    request = {"tty": args.tty, "open_stdin": args.interactive}
-    size = None
-    if args.tty:
-        size = terminal.window_size(1) or terminal.window_size(0)
-    if size is not None:
-        request["console_size"] = list(size)
-    return request
-
-
-def _run_interactive(client, request: dict, args) -> int:
-    from supervisor import attach, terminal
-
-    keys = terminal.parse_detach_keys(args.detach_keys)
-    rid = client.send("run", **request)
-    address = _wait_attach_address(client, rid)
-    session = attach.Session(address, tty=args.tty, stdin=args.interactive, detach_keys=keys,
-                             sig_proxy=args.sig_proxy, close_stdin_on_eof=True)
-    session.follow_moord(client, rid)
-    code = _serve_session(session, since=0, start=True)
-    if code is attach.DETACHED:
-        return 0
-    if args.rm:
-        # TODO: after a moord restart during the session, moor returns without waiting for the removal.
-        session.wait_moord(timeout=60)
-    return code
-
-
-def _wait_attach_address(client, rid: int) -> str:
-    """Return the shim's address from the first message of an interactive run."""
-    while True:
-        client.dealer.poll(None)
-        message = protocol.unpack(client.dealer.recv())
-        if message.get("rid") != rid:
-            continue
-        if "err" in message:
-            raise protocol.error_from_wire(message["err"])
-        first = message.get("out", {})
-        if "attach" in first:
-            return first["attach"]
-        raise FailedPrecondition(
-            f"moord is older than this moor and started container {first.get('id', '')[:12]} without "
-            "stdin or a terminal: upgrade moord to use -i and -t")
-
-
-def _serve_session(session, since: int | None, start: bool = False):
-    """Attach, put the terminal in raw mode for -it, run the session and always restore the terminal."""
-    from supervisor import terminal
-
-    raw = None
-    try:
-        if session.tty and session.forward_stdin and terminal.is_terminal(0):
-            raw = terminal.RawMode(0).__enter__()
-        session.attach(since, start)
-        return session.run()
-    finally:
-        if raw is not None:
-            raw.restore()
-        session.close()
-
-
 def cmd_attach(client, args) -> int:
-    from supervisor import attach, terminal
+    from supervisor import attach
 
-    keys = terminal.parse_detach_keys(args.detach_keys)
-    info = client.call("attach", id=args.container)
-    # TODO: a restart by the restart policy starts a new shim, and this session ends with the old task.
-    session = attach.Session(info["attach"], tty=info["tty"], stdin=info["open_stdin"] and not args.no_stdin,
-                             detach_keys=keys, sig_proxy=args.sig_proxy, close_stdin_on_eof=False)
-    code = _serve_session(session, since=None)
-    return 0 if code is attach.DETACHED else code
-
-
-def _exec_interactive(client, args) -> int:
-    from supervisor import attach, terminal
-
-    keys = terminal.parse_detach_keys(args.detach_keys)
-    result = client.call("exec", id=args.container, args=list(args.command), env=_resolve_env(args.env),
-                         workdir=args.workdir, user=args.user, **_interactive_request(args, True))
-    session = attach.Session(result["attach"], result["exec_id"], tty=args.tty, stdin=args.interactive,
-                             detach_keys=keys, sig_proxy=False, close_stdin_on_eof=True)
-    code = _serve_session(session, since=0)
-    return 0 if code is attach.DETACHED else code
+    return attach.attach_container(client, args)
 
 
 def cmd_create(client, args) -> int:
@@ -431,7 +346,8 @@ def cmd_exec(client, args) -> int:
     if not args.command:
         raise InvalidArgument("no command given: moor exec CONTAINER COMMAND [ARG...]")
     if args.interactive or args.tty:
-        return _exec_interactive(client, args)
+        from supervisor import attach
+        return attach.exec_interactive(client, args, _resolve_env(args.env))
     result = client.call("exec", id=args.container, args=list(args.command), env=_resolve_env(args.env),
                          workdir=args.workdir, user=args.user, on_output=_write_output)
     return int(result["exit_code"])
