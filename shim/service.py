@@ -9,7 +9,6 @@ first and is sent only while moord's acknowledgements keep the window open.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -29,11 +28,10 @@ from shim.protocol import (FailedPrecondition, InvalidArgument, MoorError, NotFo
 from shim.reaper import Exit, Reaper, become_subreaper
 from shim.runc import Runtime
 from shim.sessions import Stream
+from shim.stdio import ProcessStdio, open_stdio, receive_terminal
 
 log = logging.getLogger(__name__)
 
-F_SETPIPE_SZ = 1031
-PIPE_BYTES = 1024 * 1024
 READ_BYTES = 64 * 1024
 INIT_DRAIN_SECONDS = 2.0
 FINISHED_EXEC_STREAMS = 16
@@ -144,113 +142,6 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _make_pipe() -> tuple[int, int]:
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    try:
-        fcntl.fcntl(read_fd, F_SETPIPE_SZ, PIPE_BYTES)
-    except OSError:
-        log.debug("could not grow a pipe to %d bytes", PIPE_BYTES)
-    os.set_blocking(read_fd, False)
-    return read_fd, write_fd
-
-
-class ProcessStdio:
-    """The stdio of one process being created: output pipes, a stdin pipe, or a terminal.
-
-    ``for_runtime`` gives the three fds that the runtime passes on to the
-    process.  With a terminal, the process gets the pty slave instead, and the
-    master arrives on the console socket; it carries both output and input.
-    """
-
-    def __init__(self, stdin: bool, tty: bool, console_path: str):
-        self.tty = tty
-        self.interactive = stdin or tty
-        self.null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self.pipes: dict[int, tuple[int, int]] = {}
-        self.stdin_pipe: tuple[int, int] | None = None
-        self.console: console.ConsoleSocket | None = None
-        self.master: int | None = None
-        if tty:
-            self.console = console.ConsoleSocket(console_path)
-            return
-        self.pipes = {protocol.STDOUT: _make_pipe(), protocol.STDERR: _make_pipe()}
-        if stdin:
-            self.stdin_pipe = os.pipe2(os.O_CLOEXEC)
-            os.set_blocking(self.stdin_pipe[1], False)
-
-    def for_runtime(self) -> tuple[int, int, int]:
-        if self.tty:
-            return self.null, self.null, self.null
-        stdin = self.stdin_pipe[0] if self.stdin_pipe else self.null
-        return stdin, self.pipes[protocol.STDOUT][1], self.pipes[protocol.STDERR][1]
-
-    def console_path(self) -> str | None:
-        return self.console.path if self.console else None
-
-    def receive(self) -> None:
-        """Take the pty master from the console socket, once the runtime has sent it."""
-        if self.console is not None:
-            self.master = self.console.receive_master()
-            self.console.close()
-            self.console = None
-
-    def outputs(self):
-        """Yield ``(stream, fd)`` for each output to watch; the shim then owns those fds."""
-        if self.master is not None:
-            yield protocol.STDOUT, self.master
-        for stream, (read_fd, _) in self.pipes.items():
-            yield stream, read_fd
-
-    def take_stdin(self) -> int | None:
-        """Return the fd that the shim writes the process's stdin to, now owned by the caller."""
-        if self.master is not None:
-            return os.dup(self.master)
-        if self.stdin_pipe is not None:
-            write_fd = self.stdin_pipe[1]
-            self.stdin_pipe = (self.stdin_pipe[0], -1)
-            return write_fd
-        return None
-
-    def close_child_ends(self) -> None:
-        """Close what only the process needed: the shim keeps its own ends."""
-        for _, write_fd in self.pipes.values():
-            os.close(write_fd)
-        if self.stdin_pipe is not None:
-            os.close(self.stdin_pipe[0])
-            if self.stdin_pipe[1] >= 0:
-                os.close(self.stdin_pipe[1])
-        if self.null >= 0:
-            os.close(self.null)
-        self.pipes, self.stdin_pipe, self.null = {}, None, -1
-
-    def close_all(self) -> None:
-        """Close every fd after a failed start; calling it again does nothing."""
-        for read_fd, _ in self.pipes.values():
-            os.close(read_fd)
-        if self.master is not None:
-            os.close(self.master)
-            self.master = None
-        if self.console is not None:
-            self.console.close()
-            self.console = None
-        self.close_child_ends()
-
-
-def _open_stdio(stdin: bool, tty: bool, console_path: str) -> ProcessStdio:
-    try:
-        return ProcessStdio(stdin, tty, console_path)
-    except OSError as exc:
-        raise StartFailed(f"failed to prepare the stdio of the process ({console_path}): {exc}") from None
-
-
-def _receive_terminal(stdio: ProcessStdio) -> None:
-    """Receive the pty master; a runtime that sent none is a failed start."""
-    try:
-        stdio.receive()
-    except OSError as exc:
-        raise StartFailed(f"failed to receive the terminal from the runtime: {exc}") from None
-
-
 class Shim:
     """Serve loop and task service for one container."""
 
@@ -308,9 +199,9 @@ class Shim:
     def _create(self) -> None:
         init_pid, stdio = 0, None
         try:
-            stdio = _open_stdio(self.config.stdin, self.config.tty, os.path.join(self.folder, "tty.sock"))
+            stdio = open_stdio(self.config.stdin, self.config.tty, os.path.join(self.folder, "tty.sock"))
             init_pid = run_in_worker(self._create_container, stdio.for_runtime(), stdio.console_path())
-            _receive_terminal(stdio)
+            receive_terminal(stdio)
         except StartFailed as exc:
             log.error("create of container %s failed: %s", self.id, exc.message)
             self.status, self.error = "failed", exc.to_wire()
@@ -325,7 +216,7 @@ class Shim:
         self.status = "created"
         log.info("container %s created, init pid %d", self.id, self.init.pid)
 
-    def _adopt_stdio(self, process: Process, stdio: "ProcessStdio") -> None:
+    def _adopt_stdio(self, process: Process, stdio: ProcessStdio) -> None:
         """Watch the output of a just-created process and open its interactive stream."""
         for stream, read_fd in stdio.outputs():
             self._watch_pipe(process, read_fd, stream)
@@ -631,12 +522,12 @@ class Shim:
         tty = bool(process_spec.get("terminal"))
         # Numbered, not named by exec id: a unix socket path must fit in 107 bytes.
         self.console_count += 1
-        stdio = _open_stdio(stdin, tty, os.path.join(self.folder, f"tty{self.console_count}.sock"))
+        stdio = open_stdio(stdin, tty, os.path.join(self.folder, f"tty{self.console_count}.sock"))
         process = Process(exec_id)
         try:
             process.pid = run_in_worker(self._exec_process, exec_id, process_spec, stdio.for_runtime(),
                                         stdio.console_path())
-            _receive_terminal(stdio)
+            receive_terminal(stdio)
         except StartFailed:
             if process.pid:
                 os.kill(process.pid, _SIGKILL)
