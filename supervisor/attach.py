@@ -141,11 +141,11 @@ class Session:
 
     def _install_signals(self, write_fd: int) -> dict:
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-        wanted = set(PROXIED_SIGNALS) if self.sig_proxy else {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        handled = set(PROXIED_SIGNALS) if self.sig_proxy else {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
         if self.tty:
-            wanted.add(signal.SIGWINCH)
+            handled.add(signal.SIGWINCH)
         return {signum: signal.signal(signum, lambda number, frame: self.signals.append(number))
-                for signum in wanted}
+                for signum in handled}
 
     def _loop(self, read_signal: int) -> int | object:
         while True:
