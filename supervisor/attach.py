@@ -23,7 +23,7 @@ import time
 import uuid
 
 from shim import protocol
-from shim.protocol import FailedPrecondition, InvalidArgument, MoorError, NotImplementedOp, Unavailable
+from shim.protocol import FailedPrecondition, InvalidArgument, MoorError, NotFound, NotImplementedOp, Unavailable
 from supervisor import terminal, zmtp
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ STDIN_WINDOW_BYTES = 256 * 1024
 READ_BYTES = 32 * 1024
 CONNECT_SECONDS = 30.0
 RECONNECT_SECONDS = 5.0
+REMOVAL_SECONDS = 60.0
 # Signals that --sig-proxy passes to the process; SIGWINCH is handled as a resize instead.
 PROXIED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 DETACHED = object()
@@ -343,21 +344,40 @@ def run_interactive(client, request: dict, args) -> int:
     """Run ``moor run -i/-t``: create, attach before the start, return the exit code (0 on detach)."""
     keys = terminal.parse_detach_keys(args.detach_keys)
     rid = client.send("run", **request)
-    address = _wait_attach_address(client, rid)
+    container_id, address = _wait_attach_address(client, rid)
     session = Session(address, tty=args.tty, stdin=args.interactive, detach_keys=keys,
                       sig_proxy=args.sig_proxy, close_stdin_on_eof=True)
     session.follow_moord(client, rid)
     code = _serve_session(session, since=0, start=True)
     if code is DETACHED:
         return 0
-    if args.rm:
-        # TODO: after a moord restart during the session, moor returns without waiting for the removal.
-        session.wait_moord(timeout=60)
+    if args.rm and session.wait_moord(timeout=REMOVAL_SECONDS) is None:
+        _wait_removed(args.state, container_id)
     return code
 
 
+def _wait_removed(state, container_id: str) -> None:
+    """Wait until a restarted moord has removed the container, as ``--rm`` promises on return."""
+    from supervisor.client import Client
+
+    deadline = time.monotonic() + REMOVAL_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            client = Client(state)
+            try:
+                client.call("inspect", timeout=10, id=container_id)
+            finally:
+                client.close()
+        except NotFound:
+            return
+        except MoorError as exc:
+            log.debug("waiting for moord to remove %s: %s", container_id, exc.message)
+        time.sleep(0.1)
+    log.warning("container %s was not removed within %g s", container_id[:12], REMOVAL_SECONDS)
+
+
 def _wait_attach_address(client, rid: int) -> str:
-    """Return the shim's address from the first message of an interactive run."""
+    """Return the container id and the shim's address from the first message of an interactive run."""
     while True:
         client.dealer.poll(None)
         message = protocol.unpack(client.dealer.recv())
@@ -367,7 +387,7 @@ def _wait_attach_address(client, rid: int) -> str:
             raise protocol.error_from_wire(message["err"])
         first = message.get("out", {})
         if "attach" in first:
-            return first["attach"]
+            return first["id"], first["attach"]
         raise FailedPrecondition(
             f"moord is older than this moor and started container {first.get('id', '')[:12]} without "
             "stdin or a terminal: upgrade moord to use -i and -t")

@@ -502,6 +502,19 @@ def test_session_survives_moord_kill9(moord, terminals):
     assert moord.wait_status(name, "exited")["State"]["ExitCode"] == 6
 
 
+def test_run_rm_after_moord_kill9_removes_container(moord, terminals):
+    name = unique("rmsurvive")
+    terminal = terminals(moord, "run", "-it", "--rm", "--name", name, "busybox", "sh")
+    terminal.expect(b"# ")
+    moord.kill9()
+    moord.start()
+    terminal.type(b"exit 2\r")
+    code = terminal.wait()
+    names = [item["name"] for item in moord.call("ps", all=True)]
+    assert code == 2
+    assert name not in names
+
+
 def test_exec_session_survives_moord_kill9(moord, terminals):
     name = unique("execsurvive")
     moord.moor("run", "-d", "--name", name, "busybox", "sleep", "300")
