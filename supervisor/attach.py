@@ -397,7 +397,6 @@ def attach_container(client, args) -> int:
     """Run ``moor attach``: follow the container's main process until it exits (its code) or a detach (0)."""
     keys = terminal.parse_detach_keys(args.detach_keys)
     info = client.call("attach", id=args.container)
-    # TODO: a restart by the restart policy starts a new shim, and this session ends with the old task.
     session = Session(info["attach"], tty=info["tty"], stdin=info["open_stdin"] and not args.no_stdin,
                       detach_keys=keys, sig_proxy=args.sig_proxy, close_stdin_on_eof=False)
     code = _serve_session(session, since=None)
