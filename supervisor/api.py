@@ -139,7 +139,7 @@ class Api:
         return {"id": container.id, "exit_code": code}
 
     async def op_attach(self, request, stream):
-        """Return where to attach to a running container or one of its interactive execs."""
+        """Return the shim's socket of a running container and whether it has stdin and a terminal."""
         container = self.manager.get(request["id"])
         record = container.record
         if record.status != "running" or not record.shim_pid:

@@ -628,6 +628,8 @@ class Manager:
             return
         log.info("container %s: reconnected to shim %d (%s, replaying from record %d)",
                  container.id, record.shim_pid, state["status"], record.acked_seq + 1)
+        # The clients of running execs talk to the shim (interactive) or lost moord's stream, so moord
+        # only lists them until they exit.
         for exec_id, process in (state.get("execs") or {}).items():
             if process.get("running"):
                 container.execs[exec_id] = ExecSession(exec_id=exec_id, pid=process["pid"], interactive=True)
