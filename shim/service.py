@@ -598,25 +598,27 @@ class Shim:
             return False
         return True
 
-    def _stream(self, message: dict) -> tuple[Process, Stream]:
+    def _stream(self, message: dict, create: bool = False) -> tuple[Process, Stream]:
+        """Return the process and session named by ``exec``; ``create`` opens one for a plain init."""
         key = str(message.get("exec") or "")
         process = self._exec(key) if key else self.init
         stream = self.streams.get(key)
-        if stream is None and key and process.reported:
+        if stream is not None:
+            return process, stream
+        if key and process.reported:
             raise FailedPrecondition(f"exec {key} in container {self.id} exited with {process.exit.code}; "
                                      "its session is gone")
-        if stream is None and key:
-            raise FailedPrecondition(f"exec {key} in container {self.id} was started without -i or -t; "
-                                     "it has no session to attach to")
-        if stream is None:
-            # The init of a container without -i or -t still has output to follow.
-            stream = self.streams[key] = Stream(self.id, key, False, None, self._send_attached)
-            if process.reported:
-                stream.exit = {"code": process.exit.code, "signal": process.exit.signal}
+        if key or not create:
+            raise FailedPrecondition(f"{_describe(self.id, key)} was started without -i or -t, so it takes "
+                                     "no input and has no terminal")
+        # The init of a container without -i or -t still has output to follow.
+        stream = self.streams[key] = Stream(self.id, key, False, None, self._send_attached)
+        if process.reported:
+            stream.exit = {"code": process.exit.code, "signal": process.exit.signal}
         return process, stream
 
     def op_attach(self, identity: bytes, message: dict) -> dict:
-        process, stream = self._stream(message)
+        process, stream = self._stream(message, create=True)
         since = message.get("since")
         token = str(message.get("token") or identity.hex())
         since = None if since is None else _offset(message, "since")
@@ -657,12 +659,15 @@ class Shim:
         self._stream(message)[1].request_close()
 
     def op_resize(self, identity: bytes, message: dict) -> None:
-        process, stream = self._stream(message)
         rows, columns = console.check_size(message.get("rows"), message.get("cols"))
-        if not stream.tty:
-            raise FailedPrecondition(f"{process.exec_id or 'container'} {self.id} has no terminal to resize")
+        key = str(message.get("exec") or "")
+        stream = self.streams.get(key)
+        if key and key not in self.execs:
+            raise NotFound(f"exec {key!r} not found in container {self.id}")
+        if stream is None or not stream.tty:
+            raise FailedPrecondition(f"{_describe(self.id, key)} has no terminal to resize; start it with -t")
         if stream.stdin_fd is None:
-            raise FailedPrecondition(f"the terminal of {process.exec_id or 'container'} {self.id} is closed")
+            raise FailedPrecondition(f"the terminal of {_describe(self.id, key)} is closed because its process exited")
         console.set_window_size(stream.stdin_fd, rows, columns)
         return None
 
@@ -675,6 +680,10 @@ class Shim:
 
 
 _DEFERRED = object()
+
+
+def _describe(container_id: str, exec_id: str) -> str:
+    return f"exec {exec_id} in container {container_id}" if exec_id else f"container {container_id}"
 
 
 def _offset(message: dict, key: str) -> int:
