@@ -226,6 +226,22 @@ def test_run_tty_missing_command_exits_127(moord, terminals):
     assert termios.tcgetattr(terminal.slave) == terminal.attributes
 
 
+def test_run_tty_ctrl_c_reaches_container(moord, terminals):
+    name = unique("ctrlc")
+    terminal = terminals(moord, "run", "-it", "--name", name, "busybox", "sh")
+    terminal.expect(b"# ")
+    terminal.type(b"sleep 300\r")
+    # Until sleep runs in the foreground, the ^C could reach the shell instead of sleep.
+    wait_until(lambda: moord.moor("exec", name, "pidof", "sleep", check=False).returncode == 0, 30,
+               message="sleep to run in the container")
+    terminal.type(b"\x03")
+    terminal.expect(b"# ")
+    terminal.type(b"echo still-here\r")
+    terminal.expect(b"still-here\r\n")
+    assert terminal.process.poll() is None
+    assert moord.inspect(name)["State"]["Status"] == "running"
+
+
 def test_run_tty_restores_terminal_mode(moord, terminals):
     terminal = terminals(moord, "run", "-it", "--rm", "busybox", "sh")
     terminal.expect(b"# ")
