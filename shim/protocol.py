@@ -56,6 +56,9 @@ TOPIC_IMAGE_IMPORT = "image.import"
 TOPIC_IMAGE_DELETE = "image.delete"
 TOPIC_PLUGIN_ERROR = "plugin.error"
 
+# Features that a shim lists in its state; a shim of the first release lists none.
+FEATURE_SESSIONS = "sessions"
+
 # Record kinds in a shim's outbox.
 RECORD_OUTPUT = "output"
 RECORD_EXIT = "exit"

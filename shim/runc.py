@@ -32,20 +32,24 @@ class Runtime:
         stdin, stdout, stderr = stdio
         return subprocess.run(args, stdin=stdin, stdout=stdout, stderr=stderr, close_fds=True)
 
-    def create(self, container_id: str, bundle: Path, pid_file: Path, stdio: tuple[int, int, int]) -> None:
-        """Run ``create``; the container's init inherits ``stdio``."""
+    def create(self, container_id: str, bundle: Path, pid_file: Path, stdio: tuple[int, int, int],
+               console_socket: str | None = None) -> None:
+        """Run ``create``; the container's init inherits ``stdio``, or a terminal with ``console_socket``."""
+        console = ["--console-socket", console_socket] if console_socket else []
         result = self._run(self._command("create", "--bundle", str(bundle), "--pid-file", str(pid_file),
-                                         container_id), stdio)
+                                         *console, container_id), stdio)
         if result.returncode != 0:
             raise start_error(self.last_error() or f"{self.binary} create exited with {result.returncode}")
 
     def start(self, container_id: str) -> None:
         self._check(self._command("start", container_id), "start")
 
-    def exec(self, container_id: str, process_file: Path, pid_file: Path, stdio: tuple[int, int, int]) -> None:
+    def exec(self, container_id: str, process_file: Path, pid_file: Path, stdio: tuple[int, int, int],
+             console_socket: str | None = None) -> None:
         """Start an extra process detached; the shim reaps it as subreaper."""
+        console = ["--tty", "--console-socket", console_socket] if console_socket else []
         result = self._run(self._command("exec", "--detach", "--process", str(process_file),
-                                         "--pid-file", str(pid_file), container_id), stdio)
+                                         "--pid-file", str(pid_file), *console, container_id), stdio)
         if result.returncode != 0:
             raise start_error(self.last_error() or f"{self.binary} exec exited with {result.returncode}")
 

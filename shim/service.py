@@ -8,7 +8,7 @@ first and is sent only while moord's acknowledgements keep the window open.
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import json
 import logging
 import os
@@ -20,20 +20,22 @@ from pathlib import Path
 
 import zmq
 
-from shim import protocol
+from shim import console, protocol
 from shim.netns import has_new_network_namespace, loopback_up
 from shim.outbox import Outbox
 from shim.protocol import (FailedPrecondition, InvalidArgument, MoorError, NotFound,
                            NotImplementedOp, StartFailed)
 from shim.reaper import Exit, Reaper, become_subreaper
 from shim.runc import Runtime
+from shim.sessions import Stream
+from shim.stdio import ProcessStdio, open_stdio, receive_terminal
 
 log = logging.getLogger(__name__)
 
-F_SETPIPE_SZ = 1031
-PIPE_BYTES = 1024 * 1024
 READ_BYTES = 64 * 1024
 INIT_DRAIN_SECONDS = 2.0
+FINISHED_EXEC_STREAMS = 16
+_SIGKILL = 9
 EXEC_DRAIN_SECONDS = 0.1
 _EXEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Plain ints for the receive path: combining pyzmq's enum constants runs enum code in Python.
@@ -55,7 +57,11 @@ class ShimConfig:
     spool_limit: int = 256 * 1024 * 1024
     # Start the container right after creating it, in the same worker, instead
     # of waiting for a ``start`` request: one runtime call less to wait for.
+    # moord sets it only for containers without stdin or a terminal.
     start: bool = False
+    # Interactive settings of the init: keep a stdin pipe open, or give it a terminal.
+    stdin: bool = False
+    tty: bool = False
 
     @property
     def socket_path(self) -> Path:
@@ -151,16 +157,6 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _make_pipe() -> tuple[int, int]:
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    try:
-        fcntl.fcntl(read_fd, F_SETPIPE_SZ, PIPE_BYTES)
-    except OSError:
-        log.debug("could not grow a pipe to %d bytes", PIPE_BYTES)
-    os.set_blocking(read_fd, False)
-    return read_fd, write_fd
-
-
 class Shim:
     """Serve loop and task service for one container."""
 
@@ -178,6 +174,10 @@ class Shim:
         self.waiters: list[tuple[bytes, object]] = []
         self.deleted = False
         self.fd_owner: dict[int, Process] = {}
+        self.streams: dict[str, Stream] = {}
+        self.start_waiter: tuple[bytes, object] | None = None
+        self.attach_started = False
+        self.console_count = 0
 
     # -- start-up ---------------------------------------------------------
 
@@ -213,28 +213,32 @@ class Shim:
         os.chmod(path, 0o600)
         return socket
 
-    def _begin_create(self) -> tuple[dict, tuple[int, int]]:
-        pipes = {protocol.STDOUT: _make_pipe(), protocol.STDERR: _make_pipe()}
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    def _begin_create(self) -> tuple[ProcessStdio | None, tuple[int, int] | None, StartFailed | None]:
+        stdio = None
         try:
-            return pipes, start_worker(self._create_container, (null, pipes[1][1], pipes[2][1]))
-        finally:
-            os.close(null)
+            stdio = open_stdio(self.config.stdin, self.config.tty, os.path.join(self.folder, "tty.sock"))
+            return stdio, start_worker(self._create_container, stdio.for_runtime(), stdio.console_path()), None
+        except StartFailed as exc:
+            return stdio, None, exc
 
-    def _finish_create(self, pipes: dict, worker: tuple[int, int]) -> None:
+    def _finish_create(self, stdio: ProcessStdio | None, worker: tuple[int, int] | None,
+                       failure: StartFailed | None) -> None:
+        init_pid, start_error = 0, None
         try:
+            if failure is not None:
+                raise failure
             init_pid, start_error = finish_worker(worker)
+            receive_terminal(stdio)
         except StartFailed as exc:
             log.error("create of container %s failed: %s", self.id, exc.message)
             self.status, self.error = "failed", exc.to_wire()
-            for read_fd, write_fd in pipes.values():
-                os.close(read_fd)
-                os.close(write_fd)
+            if stdio is not None:
+                stdio.close_all()
+            if init_pid:
+                run_in_worker(self.runtime.delete, self.id, True)
             return
 
-        for stream, (read_fd, write_fd) in pipes.items():
-            os.close(write_fd)
-            self._watch_pipe(self.init, read_fd, stream)
+        self._adopt_stdio(self.init, stdio)
         self.init.pid = init_pid
         self.status = "created"
         log.info("container %s created, init pid %d", self.id, self.init.pid)
@@ -247,14 +251,23 @@ class Shim:
             self.error = start_error
             log.error("start of container %s failed: %s", self.id, start_error.get("message"))
 
-    def _create_container(self, stdio: tuple[int, int, int]) -> tuple[int, dict | None]:
+    def _adopt_stdio(self, process: Process, stdio: ProcessStdio) -> None:
+        """Watch the output of a just-created process and open its interactive stream."""
+        for stream, read_fd in stdio.outputs():
+            self._watch_pipe(process, read_fd, stream)
+        if stdio.interactive:
+            key = process.exec_id or ""
+            self.streams[key] = Stream(self.id, key, stdio.tty, stdio.take_stdin(), self._send_attached)
+        stdio.close_child_ends()
+
+    def _create_container(self, stdio: tuple[int, int, int], console_socket: str | None) -> tuple[int, dict | None]:
         """Run the runtime's ``create`` (and ``start`` if configured) in a worker process.
 
         Returns the init pid and, when the start failed after the create
         worked, the start's error in its wire form.
         """
         pid_file = os.path.join(self.folder, "init.pid")
-        self.runtime.create(self.id, self.config.bundle, pid_file, stdio)
+        self.runtime.create(self.id, self.config.bundle, pid_file, stdio, console_socket)
         with open(pid_file) as handle:
             pid = int(handle.read())
         self._setup_loopback(pid)
@@ -294,13 +307,18 @@ class Shim:
             poller.register(self.reaper.read_fd, zmq.POLLIN)
             for fd in self.fd_owner:
                 poller.register(fd, zmq.POLLIN)
+            writers = {stream.stdin_fd: stream for stream in self.streams.values() if stream.wants_write()}
+            for fd in writers:
+                poller.register(fd, zmq.POLLOUT)
 
             for item, _ in poller.poll(self._poll_timeout()):
                 if item is self.socket:
                     self._receive_all()
                 elif item == self.reaper.read_fd:
                     self.reaper.drain_wakeups()
-                else:
+                elif item in writers:
+                    writers[item].flush_stdin()
+                elif item in self.fd_owner:
                     self._read_pipe(item)
             self._collect_exits()
             self._finish_exits()
@@ -324,9 +342,19 @@ class Shim:
             data = os.read(fd, READ_BYTES)
         except BlockingIOError:
             return False
+        except OSError as exc:
+            # A pty master reads EIO once every slave is closed: the terminal's end of file.
+            if exc.errno != errno.EIO:
+                log.error("container %s: reading output of %s failed: %s", self.id, process.exec_id or "init", exc)
+            data = b""
         if not data:
             self._close_pipe(fd)
             return False
+        stream = self.streams.get(process.exec_id or "")
+        if stream is not None:
+            stream.output(process.pipes[fd], data)
+            if process.exec_id:
+                return True  # interactive exec output goes only to its clients, as docker does
         record = {"kind": protocol.RECORD_OUTPUT, "stream": process.pipes[fd],
                   "exec": process.exec_id, "data": data, "ts": time.time()}
         self.outbox.append(record)
@@ -403,6 +431,16 @@ class Shim:
                   "signal": exit_.signal, "at": exit_.at, "ts": time.time()}
         self.outbox.append(record, durable=True)
         process.reported = True
+        stream = self.streams.get(process.exec_id or "")
+        if stream is not None:
+            stream.finish(exit_.code, exit_.signal)
+            self._forget_finished_streams()
+
+    def _forget_finished_streams(self) -> None:
+        """Keep the rings of the last few exited execs only, for clients that attach late."""
+        finished = [key for key, stream in self.streams.items() if key and stream.exit is not None]
+        for key in finished[:-FINISHED_EXEC_STREAMS]:
+            del self.streams[key]
 
     # -- moord messages ---------------------------------------------------
 
@@ -464,7 +502,9 @@ class Shim:
         result = {"id": self.id, "status": self.status, "pid": init.pid, "shim_pid": os.getpid(),
                   "error": self.error, "next_seq": self.outbox.next_seq, "acked_seq": self.outbox.acked_seq,
                   "lost_bytes": self.outbox.lost_total, "version": protocol.VERSION,
-                  "execs": {key: {"pid": p.pid, "running": p.exit is None} for key, p in self.execs.items()}}
+                  "execs": {key: {"pid": p.pid, "running": p.exit is None} for key, p in self.execs.items()},
+                  "sessions": {key or "init": stream.describe() for key, stream in self.streams.items()},
+                  "features": [protocol.FEATURE_SESSIONS]}
         if init.exit is not None:
             result.update(exit_code=init.exit.code, signal=init.exit.signal, exited_at=init.exit.at)
         return result
@@ -484,6 +524,14 @@ class Shim:
     def op_start(self, identity: bytes, message: dict) -> dict:
         if self.status != "created":
             raise FailedPrecondition(f"cannot start container {self.id}: it is {self.status}, not created")
+        if message.get("wait_attach") and not self.attach_started:
+            # `moor run -i/-t` attaches before the start, so that it receives the first byte of output.
+            self.start_waiter = (identity, message.get("rid"))
+            log.info("container %s: start waits for the interactive client to attach", self.id)
+            return _DEFERRED
+        return self._start_init()
+
+    def _start_init(self) -> dict:
         run_in_worker(self.runtime.start, self.id)
         self._mark_started()
         return {"pid": self.init.pid}
@@ -515,34 +563,34 @@ class Shim:
             raise InvalidArgument(f"exec id {exec_id!r} is already used in container {self.id}")
         if self.status != "running" or self.init.exit is not None:
             raise FailedPrecondition(f"cannot exec in container {self.id}: it is {self.status}, not running")
-        return self._start_exec(exec_id, message["process"])
+        return self._start_exec(exec_id, message["process"], bool(message.get("stdin")))
 
-    def _start_exec(self, exec_id: str, process_spec: dict) -> dict:
-        pipes = {protocol.STDOUT: _make_pipe(), protocol.STDERR: _make_pipe()}
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    def _start_exec(self, exec_id: str, process_spec: dict, stdin: bool = False) -> dict:
+        tty = bool(process_spec.get("terminal"))
+        # Numbered, not named by exec id: a unix socket path must fit in 107 bytes.
+        self.console_count += 1
+        stdio = open_stdio(stdin, tty, os.path.join(self.folder, f"tty{self.console_count}.sock"))
         process = Process(exec_id)
         try:
-            process.pid = run_in_worker(self._exec_process, exec_id, process_spec,
-                                        (null, pipes[1][1], pipes[2][1]))
+            process.pid = run_in_worker(self._exec_process, exec_id, process_spec, stdio.for_runtime(),
+                                        stdio.console_path())
+            receive_terminal(stdio)
         except StartFailed:
-            for read_fd, _ in pipes.values():
-                os.close(read_fd)
+            if process.pid:
+                os.kill(process.pid, _SIGKILL)
+            stdio.close_all()
             raise
-        finally:
-            os.close(null)
-            for _, write_fd in pipes.values():
-                os.close(write_fd)
 
         self.execs[exec_id] = process
-        for stream, (read_fd, _) in pipes.items():
-            self._watch_pipe(process, read_fd, stream)
+        self._adopt_stdio(process, stdio)
         exit_ = self.reaper.claim(process.pid)
         if exit_ is not None:
             self._mark_exited(process, exit_)
         log.info("container %s: exec %s started as pid %d", self.id, exec_id, process.pid)
         return {"pid": process.pid}
 
-    def _exec_process(self, exec_id: str, process_spec: dict, stdio: tuple[int, int, int]) -> int:
+    def _exec_process(self, exec_id: str, process_spec: dict, stdio: tuple[int, int, int],
+                      console_socket: str | None) -> int:
         """Run the runtime's ``exec --detach`` and return the pid (in a worker process)."""
         folder = os.path.join(self.folder, "execs")
         os.makedirs(folder, exist_ok=True)
@@ -551,7 +599,7 @@ class Shim:
         with open(process_file, "w") as handle:
             handle.write(json.dumps(process_spec))
         try:
-            self.runtime.exec(self.id, process_file, pid_file, stdio)
+            self.runtime.exec(self.id, process_file, pid_file, stdio, console_socket)
         finally:
             _unlink(process_file)
         with open(pid_file) as handle:
@@ -577,16 +625,117 @@ class Shim:
         if self.status != "failed":
             run_in_worker(self.runtime.delete, self.id, running)
         self.deleted = True
+        for stream in self.streams.values():
+            stream.close_stdin()
         log.info("container %s deleted", self.id)
         return {"deleted": True}
 
+    # -- interactive sessions (clients attach to the shim directly) ---------
+
+    def _send_attached(self, identity: bytes, message: dict) -> bool:
+        message["v"] = protocol.VERSION
+        try:
+            self.socket.send_multipart([identity, protocol.pack(message)], zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            log.info("container %s: an attached client went away (%s)", self.id, exc)
+            for stream in self.streams.values():
+                stream.detach(identity)
+            return False
+        return True
+
+    def _stream(self, message: dict, create: bool = False) -> tuple[Process, Stream]:
+        """Return the process and session named by ``exec``; ``create`` opens one for a plain init."""
+        key = str(message.get("exec") or "")
+        process = self._exec(key) if key else self.init
+        stream = self.streams.get(key)
+        if stream is not None:
+            return process, stream
+        if key and process.reported:
+            raise FailedPrecondition(f"exec {key} in container {self.id} exited with {process.exit.code}; "
+                                     "its session is gone")
+        if key or not create:
+            raise FailedPrecondition(f"{_describe(self.id, key)} was started without -i or -t, so it takes "
+                                     "no input and has no terminal")
+        # The init of a container without -i or -t still has output to follow.
+        stream = self.streams[key] = Stream(self.id, key, False, None, self._send_attached)
+        if process.reported:
+            stream.exit = {"code": process.exit.code, "signal": process.exit.signal}
+        return process, stream
+
+    def op_attach(self, identity: bytes, message: dict) -> dict:
+        process, stream = self._stream(message, create=True)
+        since = message.get("since")
+        token = str(message.get("token") or identity.hex())
+        since = None if since is None else _offset(message, "since")
+        result = stream.attach(identity, token, since, bool(message.get("stdin")))
+        log.info("container %s: client attached to %s (%d attached)", self.id, process.exec_id or "init",
+                 len(stream.clients))
+        if message.get("start"):
+            self._release_start()
+        return dict(result, pid=process.pid, status=self.status)
+
+    def _release_start(self) -> None:
+        self.attach_started = True
+        if self.start_waiter is None:
+            return
+        identity, rid = self.start_waiter
+        self.start_waiter = None
+        try:
+            reply = protocol.reply(rid, self._start_init())
+        except MoorError as exc:
+            reply = protocol.error_reply(rid, exc)
+        self._send(identity, reply)
+
+    def op_detach(self, identity: bytes, message: dict) -> None:
+        self._stream(message)[1].detach(identity)
+        log.info("container %s: client detached from %s", self.id, message.get("exec") or "init")
+
+    def op_attach_ack(self, identity: bytes, message: dict) -> None:
+        self._stream(message)[1].ack(identity, _offset(message, "off"))
+
+    def op_stdin(self, identity: bytes, message: dict) -> None:
+        data = message.get("d")
+        if not isinstance(data, bytes) or len(data) > protocol.MAX_CHUNK_BYTES:
+            raise InvalidArgument("stdin data must be bytes of at most "
+                                  f"{protocol.MAX_CHUNK_BYTES} per message")
+        self._stream(message)[1].write_stdin(identity, _offset(message, "off"), data)
+
+    def op_stdin_close(self, identity: bytes, message: dict) -> None:
+        self._stream(message)[1].request_close()
+
     def op_resize(self, identity: bytes, message: dict) -> None:
-        raise FailedPrecondition(f"container {self.id} has no terminal to resize")
+        rows, columns = console.check_size(message.get("rows"), message.get("cols"))
+        key = str(message.get("exec") or "")
+        stream = self.streams.get(key)
+        if key and key not in self.execs:
+            raise NotFound(f"exec {key!r} not found in container {self.id}")
+        if stream is None or not stream.tty:
+            raise FailedPrecondition(f"{_describe(self.id, key)} has no terminal to resize; start it with -t")
+        if stream.stdin_fd is None:
+            raise FailedPrecondition(f"the terminal of {_describe(self.id, key)} is closed because its process exited")
+        console.set_window_size(stream.stdin_fd, rows, columns)
+        return None
 
     HANDLERS = {
         "subscribe": op_subscribe, "ack": op_ack, "state": op_state, "start": op_start,
         "kill": op_kill, "exec": op_exec, "wait": op_wait, "delete": op_delete, "resize": op_resize,
+        "attach": op_attach, "detach": op_detach, "attach_ack": op_attach_ack, "stdin": op_stdin,
+        "stdin_close": op_stdin_close,
     }
 
 
 _DEFERRED = object()
+
+
+def _describe(container_id: str, exec_id: str) -> str:
+    return f"exec {exec_id} in container {container_id}" if exec_id else f"container {container_id}"
+
+
+def _offset(message: dict, key: str) -> int:
+    """Return a byte offset field of a session message (0 when it is missing)."""
+    value = message.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument(f"invalid {key} {value!r}: a byte offset must be an integer of 0 or more")
+    return value

@@ -107,6 +107,8 @@ class Api:
         if not request.get("attach"):
             await self._start_cleaning_up(container, request)
             return {"id": container.id, "name": container.record.name}
+        if request.get("tty") or request.get("open_stdin"):
+            return await self._run_interactive(container, request, stream)
 
         queue: asyncio.Queue = asyncio.Queue()
         container.listeners.add(queue)
@@ -120,9 +122,39 @@ class Api:
             await self._wait_removed(container)
         return {"id": container.id, "exit_code": code}
 
-    async def _start_cleaning_up(self, container: Container, request: dict) -> None:
+    async def _run_interactive(self, container: Container, request: dict, stream) -> dict:
+        """Start once the client has attached to the shim, then reply when the container is gone or exited.
+
+        The client reads output from the shim and writes stdin to it, so this
+        request only carries the shim's address and the final exit code.
+        """
+        queue: asyncio.Queue = asyncio.Queue()
+        container.listeners.add(queue)
+        await stream({"id": container.id, "name": container.record.name,
+                      "attach": str(self.manager.shim_folder(container.id) / "shim.sock")})
         try:
-            await self.manager.start(container)
+            await self._start_cleaning_up(container, request, wait_attach=True)
+            code = await self._forward_until_exit(container, queue, None)
+        finally:
+            container.listeners.discard(queue)
+        if request.get("rm"):
+            await self._wait_removed(container)
+        return {"id": container.id, "exit_code": code}
+
+    async def op_attach(self, request, stream):
+        """Return the shim's socket of a running container and whether it has stdin and a terminal."""
+        container = self.manager.get(request["id"])
+        record = container.record
+        if record.status != "running" or not record.shim_pid:
+            raise FailedPrecondition(f"cannot attach to container {record.name}: it is {record.status}, "
+                                     f"not running (start it with `moor start {record.name}`)")
+        return {"id": container.id, "name": record.name, "tty": bool(record.options.get("tty")),
+                "open_stdin": bool(record.options.get("open_stdin")),
+                "attach": str(self.manager.shim_folder(container.id) / "shim.sock")}
+
+    async def _start_cleaning_up(self, container: Container, request: dict, wait_attach: bool = False) -> None:
+        try:
+            await self.manager.start(container, wait_attach=wait_attach)
         except Exception:
             if request.get("rm"):
                 await self.manager.remove(container, force=True)
@@ -132,7 +164,7 @@ class Api:
         while True:
             item = await queue.get()
             if item[0] == "output":
-                for record in item[2]:
+                for record in item[2] if stream is not None else ():
                     await stream({"s": record["stream"], "d": record["data"]})
             elif item[0] in ("exit", "removed"):
                 if container.record.status == "restarting":
@@ -185,6 +217,9 @@ class Api:
     async def op_exec(self, request, stream):
         container = self.manager.get(request["id"])
         session = await self.manager.exec_start(container, request)
+        if session.interactive:
+            return {"exec_id": session.exec_id, "pid": session.pid,
+                    "attach": str(self.manager.shim_folder(container.id) / "shim.sock")}
         try:
             while True:
                 item = await session.queue.get()

@@ -3,6 +3,8 @@
 Exit codes: 0 on success; for ``run``, ``start -a`` and ``exec`` the
 container's or process's own exit code, 125 when moord reports an error, 126
 when the command cannot be run and 127 when it is not found, as docker does.
+``attach`` exits with the container's exit code, and a session that the
+user detaches from (ctrl-p ctrl-q) exits with 0.
 Every other command exits with 1 for an internal error, 2 for invalid input,
 3 when the container or image is not found, 4 when a name is already in use,
 5 when the object is in the wrong state, 6 when moord is not running and
@@ -26,7 +28,30 @@ VERSION = "0.1.0"
 RUN_ERROR_EXIT = 125
 
 
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}: use true or false")
+
+
+def _add_interactive_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-i", "--interactive", action="store_true", help="keep stdin open and forward it")
+    parser.add_argument("-t", "--tty", action="store_true", help="give the process a terminal")
+
+
+def _add_session_options(parser: argparse.ArgumentParser, sig_proxy: bool = True) -> None:
+    parser.add_argument("--detach-keys", default="ctrl-p,ctrl-q", metavar="KEYS",
+                        help="key sequence that detaches, for example ctrl-a,x (default ctrl-p,ctrl-q)")
+    if sig_proxy:
+        parser.add_argument("--sig-proxy", type=_boolean, nargs="?", const=True, default=True, metavar="BOOL",
+                            help="pass the signals moor receives to the process, without -t (default true)")
+
+
 def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    _add_interactive_options(parser)
     parser.add_argument("--name", help="container name (default: a generated one)")
     parser.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]",
                         help="set an environment variable; a bare KEY takes moor's own value")
@@ -142,6 +167,7 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="create and start a container")
     run.add_argument("-d", "--detach", action="store_true", help="run in the background and print the id")
     run.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    _add_session_options(run)
     _add_run_options(run)
     create = sub.add_parser("create", help="create a container without starting it")
     _add_run_options(create)
@@ -172,11 +198,18 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     logs.add_argument("container")
 
     exec_ = sub.add_parser("exec", help="run a command in a running container")
+    _add_interactive_options(exec_)
+    _add_session_options(exec_, sig_proxy=False)
     exec_.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VALUE]")
     exec_.add_argument("-w", "--workdir")
     exec_.add_argument("-u", "--user")
     exec_.add_argument("container")
     exec_.add_argument("command", nargs=argparse.REMAINDER)
+
+    attach = sub.add_parser("attach", help="attach to a running container's output, stdin and terminal")
+    attach.add_argument("--no-stdin", action="store_true", help="do not forward stdin")
+    _add_session_options(attach)
+    attach.add_argument("container")
 
     events = sub.add_parser("events", help="print lifecycle events as they happen")
     events.add_argument("--filter", action="append", default=[], metavar="container=ID|topic=PREFIX")
@@ -272,6 +305,9 @@ def _run_request(args) -> dict:
     if args.log_driver or args.log_opt:
         request["log_driver"] = args.log_driver
         request["log_opts"] = _key_values(args.log_opt, "--log-opt")
+    if args.interactive or args.tty:
+        from supervisor import attach
+        request.update(attach.interactive_request(args, attached=args.command_name == "run" and not args.detach))
     if args.stop_timeout is not None:
         request["stop_timeout"] = args.stop_timeout
     health = {"cmd": args.health_cmd, "interval": args.health_interval, "timeout": args.health_timeout,
@@ -329,6 +365,9 @@ def cmd_run(client, args) -> int:
         print(result["id"])
         return 0
     request["attach"] = True
+    if args.interactive or args.tty:
+        from supervisor import attach
+        return attach.run_interactive(client, request, args)
     rid = client.send("run", **request)
     target: dict = {}
     _forward_signals(client, target)
@@ -348,6 +387,12 @@ def _forward_signals(client, target: dict) -> None:
             client.send("kill", id=target["id"], signal=signum)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, forward)
+
+
+def cmd_attach(client, args) -> int:
+    from supervisor import attach
+
+    return attach.attach_container(client, args)
 
 
 def cmd_create(client, args) -> int:
@@ -440,6 +485,9 @@ def cmd_logs(client, args) -> int:
 def cmd_exec(client, args) -> int:
     if not args.command:
         raise InvalidArgument("no command given: moor exec CONTAINER COMMAND [ARG...]")
+    if args.interactive or args.tty:
+        from supervisor import attach
+        return attach.exec_interactive(client, args, _resolve_env(args.env))
     result = client.call("exec", id=args.container, args=list(args.command), env=_resolve_env(args.env),
                          workdir=args.workdir, user=args.user, on_output=_write_output)
     return int(result["exit_code"])

@@ -50,6 +50,8 @@ _ALLOWED = {
     "removing": set(),
 }
 VANISHED_EXIT_CODE = 255
+# Seconds that `moor run -i/-t` has to attach to the shim before the start fails.
+ATTACH_TIMEOUT = 60
 
 
 @dataclass
@@ -64,6 +66,8 @@ class ExecSession:
     # its event then waits here, so that events keep their order.
     announced: bool = False
     held_exit_event: dict | None = None
+    # An interactive exec's client follows it through the shim; moord only lists it while it runs.
+    interactive: bool = False
 
 
 class Container:
@@ -80,6 +84,8 @@ class Container:
         self.listeners: set[asyncio.Queue] = set()
         self.execs: dict[str, ExecSession] = {}
         self.restart_handle: asyncio.TimerHandle | None = None
+        # What the current shim supports beyond the first protocol release, from its state.
+        self.shim_features: frozenset[str] = frozenset()
         self.failures_in_a_row = 0
         self.stopping = False
         self.removing = False
@@ -191,6 +197,9 @@ class Manager:
         rootfs = self.folder(container_id) / "rootfs"
         try:
             spec = await self._prepare(image, options, container_id, rootfs, request.get("spec"))
+            _apply_terminal(spec["process"], request)
+            # A --spec file may ask for a terminal itself; the shim must then receive the pty.
+            request = {**request, "tty": bool(spec["process"].get("terminal"))}
             if not starting:
                 await asyncio.to_thread(self.images.unmount_rootfs, rootfs)
         except BaseException:
@@ -263,6 +272,8 @@ class Manager:
         stored["auto_remove"] = bool(request.get("rm"))
         stored["stop_signal"] = request.get("stop_signal") or image.config.get("StopSignal") or "SIGTERM"
         stored["stop_timeout"] = request.get("stop_timeout", 10)
+        stored["tty"] = bool(request.get("tty"))
+        stored["open_stdin"] = bool(request.get("open_stdin"))
         return stored
 
     def _remove_folder(self, container_id: str) -> None:
@@ -275,7 +286,7 @@ class Manager:
 
     # -- start ----------------------------------------------------------------
 
-    async def start(self, container: Container, by_user: bool = True) -> int:
+    async def start(self, container: Container, by_user: bool = True, wait_attach: bool = False) -> int:
         """Start a new task for the container and return the init's pid."""
         async with container.lock:
             if container.record.status == "running":
@@ -287,9 +298,9 @@ class Manager:
                 container.record.manually_stopped = False
                 container.record.restart_count = 0
                 container.failures_in_a_row = 0
-            return await self._start_task(container)
+            return await self._start_task(container, wait_attach)
 
-    async def _start_task(self, container: Container) -> int:
+    async def _start_task(self, container: Container, wait_attach: bool = False) -> int:
         record = container.record
         try:
             spec, adjusted_by = await self.plugins.adjust_spec(container.id, record.spec, _plugin_options(record))
@@ -298,22 +309,24 @@ class Manager:
             self.store.save(record)
             raise
         try:
-            return await self._create_task(container, spec)
+            return await self._create_task(container, spec, wait_attach)
         except BaseException:
             await self.plugins.undo("moorage_release_spec", adjusted_by, container.id)
             raise
 
-    async def _create_task(self, container: Container, spec: dict) -> int:
+    async def _create_task(self, container: Container, spec: dict, wait_attach: bool = False) -> int:
         record = container.record
         folder = self.shim_folder(container.id)
         spec = await self._network_up(container, spec)
         await asyncio.to_thread(self._write_bundle, folder, spec)
         await asyncio.to_thread(self.images.mount_rootfs, self.folder(container.id) / "rootfs")
         record.task_gen += 1
+        stdin, tty = bool(record.options.get("open_stdin")), bool(record.options.get("tty"))
         config = ShimConfig(
             container_id=container.id, bundle=folder, folder=folder,
             spool_dir=self.folder(container.id) / "spool", runtime=self.config.runtime,
-            runtime_root=self.config.state / "runc", spool_limit=self.config.spool_limit, start=True)
+            runtime_root=self.config.state / "runc", spool_limit=self.config.spool_limit,
+            stdin=stdin, tty=tty, start=not (stdin or tty))
 
         record.shim_pid = await self.launcher.spawn(config)
         record.shim_start_time = process_start_time(record.shim_pid)
@@ -326,12 +339,15 @@ class Manager:
         container.start_gate.clear()
         try:
             state = await container.shim.call("subscribe", timeout=120, **{"from": 1})
+            container.shim_features = frozenset(state.get("features") or ())
             if state["status"] == "failed":
                 await self._fail_start(container, state["error"])
             if state["status"] != "created":
                 result = state  # the shim started the container right after creating it
             elif state.get("error"):
                 raise protocol.error_from_wire(state["error"])
+            elif wait_attach:
+                result = await container.shim.call("start", timeout=ATTACH_TIMEOUT, wait_attach=True)
             else:
                 result = await container.shim.call("start", timeout=60)
         except StartFailed:
@@ -542,7 +558,9 @@ class Manager:
             asyncio.get_running_loop().create_task(self._handle_exit(container, record))
         elif kind == protocol.RECORD_EXEC_EXIT:
             session = container.execs.get(record.get("exec") or "")
-            if session is not None:
+            if session is not None and session.interactive:
+                container.execs.pop(session.exec_id, None)
+            elif session is not None:
                 session.queue.put_nowait(("exit", record["code"], record["signal"]))
             payload = {"exec_id": record.get("exec"), "exit_code": record["code"], "exited_at": record["at"]}
             if session is not None and not session.announced:
@@ -793,10 +811,17 @@ class Manager:
         if record.status != "running" or container.shim is None:
             raise FailedPrecondition(f"container {record.name} is not running (it is {record.status})")
         process = self._exec_process(record.spec["process"], Path(record.spec["root"]["path"]), request)
-        session = ExecSession(exec_id=names.new_id()[:16])
+        _apply_terminal(process, request)
+        interactive = bool(request.get("tty") or request.get("open_stdin"))
+        if interactive and protocol.FEATURE_SESSIONS not in container.shim_features:
+            raise FailedPrecondition(
+                f"the shim of container {record.name} is from an older release and cannot run exec -i or -t: "
+                f"restart the container (`moor restart {record.name}`) to give it a current shim")
+        session = ExecSession(exec_id=names.new_id()[:16], interactive=interactive)
         container.execs[session.exec_id] = session
         try:
-            result = await container.shim.call("exec", timeout=60, exec=session.exec_id, process=process)
+            result = await container.shim.call("exec", timeout=60, exec=session.exec_id, process=process,
+                                               stdin=bool(request.get("open_stdin")))
         except MoorError:
             container.execs.pop(session.exec_id, None)
             raise
@@ -878,6 +903,7 @@ class Manager:
         try:
             try:
                 state = await container.shim.call("subscribe", timeout=10, **{"from": record.acked_seq + 1})
+                container.shim_features = frozenset(state.get("features") or ())
             except MoorError as exc:
                 log.error("container %s: shim %d did not respond: %s", container.id, record.shim_pid, exc)
                 container.start_gate.set()
@@ -885,6 +911,12 @@ class Manager:
                 return
             log.info("container %s: reconnected to shim %d (%s, replaying from record %d)",
                      container.id, record.shim_pid, state["status"], record.acked_seq + 1)
+            # The clients of running execs talk to the shim (interactive) or lost moord's stream, so moord
+            # only lists them until they exit.
+            for exec_id, process in (state.get("execs") or {}).items():
+                if process.get("running"):
+                    container.execs[exec_id] = ExecSession(exec_id=exec_id, pid=process["pid"], interactive=True,
+                                                           announced=True)
             container.exit_event = asyncio.Event()
             if state["status"] not in ("failed", "created") and record.status in ("created", "restarting"):
                 self._adopt_started_task(container, state)
@@ -987,6 +1019,20 @@ def _reject_options_with_spec(options) -> None:
 def _plugin_options(record: ContainerRecord) -> dict:
     """Return what ``moorage_adjust_spec`` receives as ``options``."""
     return dict(record.options, name=record.name, image=record.image, labels=dict(record.labels))
+
+
+def _apply_terminal(process: dict, request: dict) -> None:
+    """Give a process the terminal that ``-t`` requests, sized as the client's own terminal."""
+    if not request.get("tty"):
+        return
+    process["terminal"] = True
+    size = request.get("console_size")
+    if size:
+        from shim.console import check_size
+        if not isinstance(size, (list, tuple)) or len(size) != 2:
+            raise InvalidArgument(f"invalid console_size {size!r}: give [rows, columns]")
+        rows, columns = check_size(*size)
+        process["consoleSize"] = {"height": rows, "width": columns}
 
 
 def parse_signal(value) -> int:

@@ -52,6 +52,7 @@ def inspect(container, manager) -> dict:
             **({"Health": container.health.to_docker()} if container.health is not None else {}),
         },
         "RestartCount": record.restart_count,
+        "ExecIDs": sorted(container.execs) or None,
         "Config": {
             "Cmd": process.get("args", []),
             "Env": process.get("env", []),
@@ -61,6 +62,8 @@ def inspect(container, manager) -> dict:
             "Labels": record.labels,
             "StopSignal": record.options.get("stop_signal", "SIGTERM"),
             "Healthcheck": health.to_docker(record.options.get("health")),
+            "Tty": bool(record.options.get("tty")),
+            "OpenStdin": bool(record.options.get("open_stdin")),
         },
         "HostConfig": {
             "RestartPolicy": record.restart_policy,

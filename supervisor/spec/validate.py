@@ -99,8 +99,11 @@ def _check_process(spec: dict) -> None:
         raise _invalid("process", 'is missing. Add a "process" object with "args", "cwd" and "user"')
     process = _expect(spec["process"], dict, "process")
 
-    if _optional(process, "terminal", bool, "process.terminal"):
-        raise _invalid("process.terminal", "is true, but terminals are not supported yet. Set it to false")
+    _optional(process, "terminal", bool, "process.terminal")
+    size = _optional(process, "consoleSize", dict, "process.consoleSize", '{"height": 24, "width": 80}')
+    if size is not None:
+        for key in ("height", "width"):
+            _expect_uint(size.get(key), f"process.consoleSize.{key}", 65535)
     _check_args(process)
     _check_env(process)
     if "cwd" not in process:
