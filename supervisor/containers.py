@@ -606,14 +606,18 @@ class Manager:
     async def _delete_task(self, container: Container) -> None:
         """Delete the current task once, however many callers race to do it, then its network."""
         async with container.task_lock:
+            record = container.record
+            if container.shim is None and not record.shim_pid:
+                await self._network_down(container.id)
+                return
             await self._delete_shim_task(container)
             await self._network_down(container.id)
+            # Cleared last: clients (and restore) read "exited with no shim" as "nothing more to do".
+            record.shim_pid = record.shim_start_time = 0
+            self.store.save(record)
 
     async def _delete_shim_task(self, container: Container) -> None:
-        record = container.record
         shim, container.shim = container.shim, None
-        if shim is None and not record.shim_pid:
-            return
         if shim is not None:
             try:
                 await shim.call("delete", timeout=30, force=True)
@@ -621,8 +625,6 @@ class Manager:
                 log.error("container %s: deleting its task failed: %s", container.id, exc)
             shim.close()
         await asyncio.to_thread(self._clean_task_folders, container.id)
-        record.shim_pid = record.shim_start_time = 0
-        self.store.save(record)
 
     def _clean_task_folders(self, container_id: str) -> None:
         shutil.rmtree(self.shim_folder(container_id), ignore_errors=True)
