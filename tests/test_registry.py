@@ -67,7 +67,9 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def start_registry(folder: Path, tls: bool = False, basic_auth: bool = False) -> Registry:
+def start_registry(folder: Path, tls: bool = False, basic_auth: bool = False,
+                   auth_lines: list[str] | None = None) -> Registry:
+    """Start docker-registry; ``auth_lines`` is an ``auth:`` section of its YAML config, one string a line."""
     folder.mkdir(parents=True)
     port = free_port()
     lines = ["version: 0.1", "log:", "  level: warn", "  accesslog:", "    disabled: true",
@@ -84,6 +86,7 @@ def start_registry(folder: Path, tls: bool = False, basic_auth: bool = False) ->
         (folder / "htpasswd").write_bytes(htpasswd)
         lines += ["auth:", "  htpasswd:", "    realm: moorage-test",
                   f"    path: {folder / 'htpasswd'}"]
+    lines += auth_lines or []
     (folder / "config.yml").write_text("\n".join(lines) + "\n")
 
     log = open(folder / "registry.log", "wb")
