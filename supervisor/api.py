@@ -122,7 +122,7 @@ class Api:
             await self.manager.start(container)
         except Exception:
             if request.get("rm"):
-                await self.manager.remove(container, force=True)
+                await self.manager.remove(container, force=True, volumes=True)
             raise
 
     async def _forward_until_exit(self, container: Container, queue: asyncio.Queue, stream) -> int:
@@ -163,7 +163,7 @@ class Api:
 
     async def op_rm(self, request, stream):
         container = self.manager.get(request["id"])
-        await self.manager.remove(container, force=bool(request.get("force")))
+        await self.manager.remove(container, force=bool(request.get("force")), volumes=bool(request.get("volumes")))
         return {"id": container.id}
 
     async def op_wait(self, request, stream):

@@ -19,6 +19,7 @@ record and publishes the event.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from shim.service import ShimConfig
 from supervisor import names, restart
 from supervisor.config import DaemonConfig
 from supervisor.events import EventBus
+from supervisor.images import volumes as image_volumes
 from supervisor.shims import Launcher, ShimClient, process_start_time
 from supervisor.store import ContainerRecord, Store
 
@@ -173,16 +175,18 @@ class Manager:
         container_id = names.new_id()
         name = name or names.new_name(taken)
         rootfs = self.folder(container_id) / "rootfs"
+        volumes: list[dict] = []
         try:
-            spec = await self._prepare(image, options, container_id, rootfs, request.get("spec"))
+            spec = await self._prepare(image, options, container_id, rootfs, request.get("spec"), volumes)
             await asyncio.to_thread(self.images.unmount_rootfs, rootfs)
         except BaseException:
             await asyncio.to_thread(self._remove_folder, container_id)
+            await asyncio.to_thread(image_volumes.remove_volumes, volumes, container_id)
             raise
 
         record = ContainerRecord(
             id=container_id, name=name, image=image.name, image_id=image.id, spec=spec,
-            options=self._stored_options(request, image), labels=_labels(image, request),
+            options=self._stored_options(request, image, volumes), labels=_labels(image, request),
             restart_policy=str(policy), boot_id=self.boot_id)
         self.store.insert(record)
         container = Container(record)
@@ -200,11 +204,19 @@ class Manager:
                 return self.images.ensure_busybox()
             raise
 
-    async def _prepare(self, image, options, container_id: str, rootfs: Path, user_spec: dict | None) -> dict:
+    async def _prepare(self, image, options, container_id: str, rootfs: Path, user_spec: dict | None,
+                       volumes: list[dict]) -> dict:
+        """Make the root and the spec; the image's anonymous volumes are appended to ``volumes``."""
         from supervisor import ocispec
 
         rootfs.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.images.prepare_rootfs, image, rootfs)
+        if user_spec is None:
+            bind_destinations = {ocispec.parse_volume(text)["destination"] for text in options.volumes}
+            volumes += await asyncio.to_thread(image_volumes.create_volumes, self.config.root / "volumes",
+                                               image.config, rootfs, bind_destinations, container_id)
+            binds = tuple(f"{volume['source']}:{volume['destination']}" for volume in volumes)
+            options = dataclasses.replace(options, volumes=tuple(options.volumes) + binds)
         if user_spec is not None:
             spec = dict(user_spec)
             spec["root"] = dict(spec.get("root") or {}, path=str(rootfs))
@@ -218,8 +230,10 @@ class Manager:
                                   nofile_limits=self.nofile_limits)
 
     @staticmethod
-    def _stored_options(request: dict, image) -> dict:
+    def _stored_options(request: dict, image, volumes: list[dict]) -> dict:
         stored = dict(request.get("options", {}))
+        stored["anonymous_volumes"] = volumes
+        stored["exposed_ports"] = dict(image.config.get("ExposedPorts") or {})
         stored["auto_remove"] = bool(request.get("rm"))
         stored["stop_signal"] = request.get("stop_signal") or image.config.get("StopSignal") or "SIGTERM"
         stored["stop_timeout"] = request.get("stop_timeout", 10)
@@ -421,7 +435,7 @@ class Manager:
     async def _after_exit(self, container: Container, ran_for: float) -> None:
         record = container.record
         if record.options.get("auto_remove") and not container.removing:
-            await self.remove(container, force=True)
+            await self.remove(container, force=True, volumes=True)
             return
         policy = restart.parse_policy(record.restart_policy)
         if container.stopping or not restart.should_restart(policy, record.exit_code, record.restart_count,
@@ -514,7 +528,8 @@ class Manager:
 
     # -- remove ---------------------------------------------------------------
 
-    async def remove(self, container: Container, force: bool = False) -> None:
+    async def remove(self, container: Container, force: bool = False, volumes: bool = False) -> None:
+        """Remove the container; ``volumes`` also deletes its anonymous volumes (``moor rm -v``)."""
         record = container.record
         if record.status == "running":
             if not force:
@@ -531,6 +546,9 @@ class Manager:
             self._transition(container, "removing")
             await self._delete_task(container)
             await self._forget(container)
+            if volumes:
+                await asyncio.to_thread(image_volumes.remove_volumes, record.options.get("anonymous_volumes", []),
+                                        container.id)
 
     async def _remove_exited(self, container: Container) -> None:
         """Remove a ``--rm`` container whose task has just exited.
@@ -554,6 +572,9 @@ class Manager:
             container.exit_event.set()
             container.changed.set()
             shim, container.shim = container.shim, None
+            # TODO: a moord crash before this line leaves the volumes of a --rm container on disk.
+            await asyncio.to_thread(image_volumes.remove_volumes, record.options.get("anonymous_volumes", []),
+                                    container.id)
             await self._clear_remains(container.id, record.name, shim)
 
     async def _clear_remains(self, container_id: str, name: str, shim: ShimClient | None) -> None:

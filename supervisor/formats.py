@@ -56,7 +56,12 @@ def inspect(container, manager) -> dict:
             "Hostname": record.spec.get("hostname", ""),
             "Labels": record.labels,
             "StopSignal": record.options.get("stop_signal", "SIGTERM"),
+            "ExposedPorts": record.options.get("exposed_ports", {}),
+            "Volumes": {volume["destination"]: {} for volume in record.options.get("anonymous_volumes", [])},
         },
+        "Mounts": [{"Type": "volume", "Name": volume["id"], "Source": volume["source"],
+                    "Destination": volume["destination"], "RW": True}
+                   for volume in record.options.get("anonymous_volumes", [])],
         "HostConfig": {
             "RestartPolicy": record.restart_policy,
             "AutoRemove": bool(record.options.get("auto_remove")),
