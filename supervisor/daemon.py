@@ -44,6 +44,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--log-max-size", type=int, help="bytes per container log file before rotation")
     parser.add_argument("--log-max-files", type=int, help="container log files kept, the current one included")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="moord's own log level")
+    parser.add_argument("--insecure-registry", action="append", metavar="HOST[:PORT]",
+                        help="registry that pull and push reach over plain HTTP; may be repeated "
+                             "(replaces [registries] insecure of the config file)")
     parser.add_argument("--version", action="version", version=f"moord {VERSION}")
     return parser.parse_args(argv)
 
@@ -97,6 +100,7 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     launcher = Launcher(config.state / "launcher.log", rlimits)
     await launcher.start()
     images = ImageStore(config.root, config.db_path, config.snapshotter)
+    images.insecure_registries = frozenset(config.insecure_registries)
     manager = Manager(config, store, images, events, plugins, launcher, context,
                       nofile_limits=rlimits[resource.RLIMIT_NOFILE])
     images.container_roots = lambda: [manager.folder(cid) / "rootfs" for cid in list(manager.containers)]
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     overrides = {"root": args.root, "state": args.state, "runtime": args.runtime, "snapshotter": args.snapshotter, "spool_limit": args.spool_limit,
                  "log_max_size": args.log_max_size, "log_max_files": args.log_max_files,
-                 "log_level": args.log_level}
+                 "log_level": args.log_level, "insecure_registries": args.insecure_registry}
     try:
         config = daemon_config.load(args.config, overrides)
         config.root.mkdir(parents=True, exist_ok=True, mode=0o711)

@@ -93,6 +93,8 @@ class ImageStore:
         self.auth_file = root / "auth.json"
         # Set by moord: the container roots that exist, whose snapshots must be kept.
         self.container_roots: Callable[[], list[Path]] = list
+        # Set by moord from its config: registries reached over plain HTTP without --insecure-registry.
+        self.insecure_registries: frozenset[str] = frozenset()
         self._clean_leftovers()
 
     @property
@@ -291,6 +293,7 @@ class ImageStore:
         if ca_file is None and (self._root / "certs.d" / registry / "ca.crt").is_file():
             ca_file = self._root / "certs.d" / registry / "ca.crt"
         credentials = load_credentials(self.auth_file, registry)
+        insecure = insecure or registry in self.insecure_registries
         return RegistryClient(registry, insecure, ca_file, credentials)
 
     def pull(self, ref: str, platform: str | None = None, insecure: bool = False,
