@@ -407,6 +407,7 @@ class ImageBench:
         self.image = image
         self.ref = f"{registry.host}/moorbench/big:1"
         self.serial = 0
+        self.snapshot_baseline: dict[str, int] = {}
 
     def _unique(self, prefix: str) -> str:
         self.serial += 1
@@ -420,7 +421,15 @@ class ImageBench:
         elapsed = time_command(self.moord.moor("push", "--insecure-registry", "-q", self.ref), timeout=900)
         run_checked(self.moord.moor("image", "rm", "moorbench-big:1", self.ref), timeout=300)
         self._check_moor_blobs(present=False)
+        self.snapshot_baseline = {"moor": self._moor_snapshot_count(), "ctr": self._ctr_snapshot_count()}
         return elapsed
+
+    def _moor_snapshot_count(self) -> int:
+        return sum(1 for kind in (self.moord.root / "snapshots").iterdir() for _ in kind.iterdir())
+
+    def _ctr_snapshot_count(self) -> int:
+        listed = run_checked(self.containerd.ctr("snapshots", "ls"), capture=True).stdout.decode().splitlines()
+        return max(0, len(listed) - 1)  # the first line is the header
 
     def _moor_blob_count(self) -> int:
         folder = self.moord.root / "blobs" / "sha256"
@@ -446,6 +455,10 @@ class ImageBench:
         left = self._ctr_blob_count()
         if left:
             raise BenchError(f"containerd kept {left} layer blobs after ctr images rm --sync")
+        # Leftover snapshots would let the next pull skip unpacking, so both stores must be back to the start.
+        counts = {"moor": self._moor_snapshot_count(), "ctr": self._ctr_snapshot_count()}
+        if counts != self.snapshot_baseline:
+            raise BenchError(f"snapshots left after removing the image: {counts}, expected {self.snapshot_baseline}")
 
     def pulls(self, rounds: int) -> dict:
         """Pull the image ``rounds`` times under each, interleaved; the image stays pulled after the last."""
