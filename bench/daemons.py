@@ -287,3 +287,50 @@ class Moord:
         unmount_under(self.root)
         for controller in os.listdir(CGROUP_ROOT):
             remove_empty_dirs([CGROUP_ROOT / controller / "moorage" / cid for cid in self.seen_ids])
+
+
+class Registry:
+    """Debian's docker-registry on 127.0.0.1 with a free port, its config and storage under the base folder."""
+
+    def __init__(self, base: Path):
+        self.folder = base / "registry"
+        self.process: subprocess.Popen | None = None
+        self.host = ""
+
+    def start(self) -> None:
+        import socket
+
+        self.folder.mkdir()
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        self.host = f"127.0.0.1:{port}"
+        config = self.folder / "config.yml"
+        config.write_text(f"""version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {self.folder / 'storage'}
+http:
+  addr: {self.host}
+  secret: bench-only-secret
+""")
+        with open(self.folder / "registry.log", "ab") as output:
+            self.process = subprocess.Popen(["docker-registry", "serve", str(config)], stdin=subprocess.DEVNULL,
+                                            stdout=output, stderr=output, start_new_session=True)
+
+        def listens() -> bool:
+            if self.process.poll() is not None:
+                raise BenchError(f"docker-registry exited with {self.process.returncode}; "
+                                 f"see {self.folder}/registry.log")
+            with socket.socket() as probe:
+                return probe.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_for(listens, 30, "docker-registry to listen")
+
+    def cleanup(self) -> None:
+        if self.process is not None:
+            _terminate(self.process, "docker-registry")

@@ -128,6 +128,35 @@ def _memory(memory: dict) -> str:
     return "\n\n".join(text)
 
 
+def _images(images: dict) -> str:
+    image = images["image"]
+    pulls, starts = images["pulls"], images["starts"]
+    text = [f"## Pull and unpack of a large image from a loopback registry\n\n"
+            f"{image['layers']} gzip layers, {image['files']} random files plus busybox: "
+            f"{image['tar_bytes'] / 1e6:.1f} MB of tar, {image['blob_bytes'] / 1e6:.1f} MB of blobs. "
+            f"`moor push` of it took {images['push_seconds']:.1f} s. Load average before the pulls: "
+            f"{images['load_average_before_pulls']}, after the starts: {images['load_average_after']}."]
+    rows = [[f"`{pulls['commands'][label]}`", f"{summary.median:.2f}", f"{summary.low:.2f}-{summary.high:.2f}",
+             str(summary.count)] for label, summary in pulls["summary"].items()]
+    ratio = pulls["ratio"]
+    text.append(markdown_table(["pull", "median s", "min-max s", "n"], rows)
+                + f"\n\nmoor / ctr, median of per-round ratios: x{ratio.median:.2f} ({ratio.low:.2f}-{ratio.high:.2f}). "
+                  f"Snapshot folders after the last pull: moor {pulls['snapshot_bytes']['moor'] / 1e6:.1f} MB, "
+                  f"containerd {pulls['snapshot_bytes']['ctr'] / 1e6:.1f} MB.")
+    rows = []
+    for label, command in (("moor", "`moor run -d --name N REF sleep 3600`"),
+                           ("ctr", "`ctr run -d --null-io REF ID sleep 3600`")):
+        summary = starts["summary"][label]
+        rows.append([f"{command} x{starts['count']}", f"{starts['totals'][label]:.2f}",
+                     f"{ms(summary.median)} ({ms(summary.low)}-{ms(summary.high)})",
+                     f"{starts['running'][label]}", f"{starts['teardown'][label]:.2f}"])
+    ratio = starts["ratio"]
+    text.append(f"## {starts['count']} detached starts of the pulled image, moor and ctr alternating\n\n"
+                + markdown_table(["starts", "total s", "each, median (min-max) ms", "running", "teardown s"], rows)
+                + f"\n\nmoor / ctr, median of per-start ratios: x{ratio.median:.2f} ({ratio.low:.2f}-{ratio.high:.2f}).")
+    return "\n\n".join(text)
+
+
 def _goals(results: dict) -> str:
     lines = ["## Goals"]
     latency = results.get("latency")
@@ -161,5 +190,7 @@ def render(results: dict) -> str:
         parts.append(_pieces(results["pieces"]))
     if "memory" in results:
         parts.append(_memory(results["memory"]))
+    if "images" in results:
+        parts.append(_images(results["images"]))
     parts.append(_goals(results))
     return "\n\n".join(parts) + "\n"

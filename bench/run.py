@@ -11,13 +11,18 @@ Measures, on one busybox image built from the host's static busybox:
   events, and the copy, removal and runc calls timed alone;
 * N detached ``sleep 3600`` containers started one after another under each
   supervisor: total wall time, and the RSS and PSS of every shim from
-  /proc/PID/smaps_rollup, 2 s after the last start.
+  /proc/PID/smaps_rollup, 2 s after the last start;
+* with ``--sections images``: the pull and unpack of a large image (busybox
+  plus layers of many random files, about 200 MB) from Debian's docker-registry
+  on 127.0.0.1, ``moor pull`` against ``ctr images pull`` in interleaved rounds,
+  then N detached starts of that image under each, interleaved one by one.
 
 It starts its own containerd (CRI plugin off) and its own moord, each with its
 root, state and socket under a temporary folder in /tmp, and removes them,
 their containers, shims, mounts and cgroups at the end.  Root only.
 
     python3 bench/run.py [--rounds 30] [--containers 50] [--json FILE]
+    python3 bench/run.py --sections images [--pull-rounds 3] [--image-mb 200]
 
 Run it with the Python that has moorage installed: the event timeline needs pyzmq
 and msgpack.
@@ -39,11 +44,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import big_image  # noqa: E402
 import busybox_image  # noqa: E402
 import report  # noqa: E402
-from daemons import Containerd, Moord  # noqa: E402
+from daemons import Containerd, Moord, Registry  # noqa: E402
 from measure import BenchError, Summary  # noqa: E402
-from sections import Bench  # noqa: E402
+from sections import Bench, ImageBench  # noqa: E402
 
 log = logging.getLogger("bench")
 
@@ -58,7 +64,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--containers", type=int, default=50,
                         help="detached containers started under each supervisor for the memory figures (default 50)")
     parser.add_argument("--sections", default="latency,pieces,memory",
-                        help="comma-separated subset of latency, pieces, memory (default all three)")
+                        help="comma-separated subset of latency, pieces, memory, images "
+                             "(default latency,pieces,memory)")
+    parser.add_argument("--pull-rounds", type=int, default=3,
+                        help="pulls of the large image under each supervisor in the images section (default 3)")
+    parser.add_argument("--image-mb", type=int, default=200,
+                        help="megabytes of random files in the large image of the images section (default 200)")
     parser.add_argument("--json", type=Path, help="also write every figure and raw series to this file")
     parser.add_argument("--moor", help="moor console script (default: the one next to this Python)")
     parser.add_argument("--moord", help="moord console script (default: the one next to this Python)")
@@ -127,16 +138,20 @@ def _source_revision() -> str:
 def _check_host(args) -> None:
     if os.geteuid() != 0:
         raise BenchError("the benchmark starts containers and daemons: run it as root")
-    for tool in ("runc", "containerd", "ctr", "containerd-shim-runc-v2", "cp"):
+    tools = ["runc", "containerd", "ctr", "containerd-shim-runc-v2", "cp"]
+    if "images" in args.sections.split(","):
+        tools.append("docker-registry")
+    for tool in tools:
         if not shutil.which(tool):
-            raise BenchError(f"{tool} not found on PATH; install runc and containerd (apt-get install runc containerd)")
+            raise BenchError(f"{tool} not found on PATH; install runc, containerd and docker-registry "
+                             "(apt-get install runc containerd docker-registry)")
     if not args.busybox.is_file():
         raise BenchError(f"{args.busybox} not found; install busybox-static")
-    unknown = set(args.sections.split(",")) - {"latency", "pieces", "memory"}
+    unknown = set(args.sections.split(",")) - {"latency", "pieces", "memory", "images"}
     if unknown:
-        raise BenchError(f"unknown section(s) {', '.join(sorted(unknown))}: use latency, pieces, memory")
-    if args.rounds < 1 or args.containers < 1:
-        raise BenchError("--rounds and --containers must be at least 1")
+        raise BenchError(f"unknown section(s) {', '.join(sorted(unknown))}: use latency, pieces, memory, images")
+    if min(args.rounds, args.containers, args.pull_rounds, args.image_mb) < 1:
+        raise BenchError("--rounds, --containers, --pull-rounds and --image-mb must be at least 1")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="mb-", dir="/tmp"))
     containerd = Containerd(base, NAMESPACE)
     moord = Moord(base, moord_bin, moor_bin)
+    registry = Registry(base)
     results: dict = {"machine": machine_facts(moor_bin, base), "args": {k: str(v) for k, v in vars(args).items()}}
     started = time.monotonic()
     results["load_average_before"] = _load_average()
@@ -177,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         if "memory" in sections:
             log.info("memory and detached starts: %d containers each", args.containers)
             results["memory"] = bench.memory(args.containers)
+        if "images" in sections:
+            results["images"] = _images_section(base, args, containerd, moord, registry)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         print(f"bench: daemon logs kept in {_keep_logs(base, moord)}", file=sys.stderr)
@@ -185,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("cleaning up")
         moord.cleanup()
         containerd.cleanup()
+        registry.cleanup()
         _cleanup_runc(base / "runc")
         shutil.rmtree(base, ignore_errors=True)
     results["wall_seconds"] = time.monotonic() - started
@@ -196,11 +215,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _images_section(base: Path, args, containerd: Containerd, moord: Moord, registry: Registry) -> dict:
+    log.info("images: building a %d MB image of random files", args.image_mb)
+    image = big_image.build(base, args.busybox, total_mb=args.image_mb)
+    result = {"image": {"layers": image.layers, "files": image.files, "tar_bytes": image.tar_bytes,
+                        "blob_bytes": image.blob_bytes}}
+    registry.start()
+    bench = ImageBench(base, containerd, moord, registry, image)
+    log.info("images: pushing to %s with moor push", registry.host)
+    result["push_seconds"] = bench.push()
+    result["load_average_before_pulls"] = _load_average()
+    log.info("images: %d pull rounds", args.pull_rounds)
+    result["pulls"] = bench.pulls(args.pull_rounds)
+    log.info("images: %d detached starts under each", args.containers)
+    result["starts"] = bench.starts(args.containers)
+    result["load_average_after"] = _load_average()
+    return result
+
+
 def _keep_logs(base: Path, moord: Moord) -> Path:
     """Copy the daemons' logs out of the temporary folder before it is removed."""
     kept = Path(tempfile.mkdtemp(prefix="mb-logs-", dir="/tmp"))
     for path in (moord.root / "moord.log", moord.log_path, moord.state / "launcher.log",
-                 base / "containerd" / "containerd.log"):
+                 base / "containerd" / "containerd.log", base / "registry" / "registry.log"):
         if path.is_file():
             shutil.copy(path, kept / path.name)
     return kept

@@ -394,3 +394,130 @@ def _profile_top(path: Path, runs: int, limit: int = 20) -> list[tuple[str, floa
         return []
     return [(frame, samples / total, 1000 * samples / PROFILE_RATE / runs)
             for frame, samples in inclusive.most_common(limit)]
+
+
+class ImageBench:
+    """Pull of a large image from a loopback registry, then detached starts of it, moor against ctr."""
+
+    def __init__(self, base: Path, containerd: Containerd, moord: Moord, registry, image):
+        self.base = base
+        self.containerd = containerd
+        self.moord = moord
+        self.registry = registry
+        self.image = image
+        self.ref = f"{registry.host}/moorbench/big:1"
+        self.serial = 0
+        self.snapshot_baseline: dict[str, int] = {}
+
+    def _unique(self, prefix: str) -> str:
+        self.serial += 1
+        return f"{prefix}-{os.getpid()}-{self.serial}"
+
+    def push(self) -> float:
+        """Import the archive into moord and push it to the registry; return the push's wall time."""
+        run_checked(self.moord.moor("image", "import", str(self.image.archive), "--name", "moorbench-big"),
+                    timeout=900)
+        run_checked(self.moord.moor("tag", "moorbench-big:1", self.ref))
+        elapsed = time_command(self.moord.moor("push", "--insecure-registry", "-q", self.ref), timeout=900)
+        run_checked(self.moord.moor("image", "rm", "moorbench-big:1", self.ref), timeout=300)
+        self._check_moor_blobs(present=False)
+        self.snapshot_baseline = {"moor": self._moor_snapshot_count(), "ctr": self._ctr_snapshot_count()}
+        return elapsed
+
+    def _moor_snapshot_count(self) -> int:
+        return sum(1 for kind in (self.moord.root / "snapshots").iterdir() for _ in kind.iterdir())
+
+    def _ctr_snapshot_count(self) -> int:
+        listed = run_checked(self.containerd.ctr("snapshots", "ls"), capture=True).stdout.decode().splitlines()
+        return max(0, len(listed) - 1)  # the first line is the header
+
+    def _moor_blob_count(self) -> int:
+        folder = self.moord.root / "blobs" / "sha256"
+        return sum(1 for digest in self.image.layer_digests if (folder / digest.split(":", 1)[1]).exists())
+
+    def _check_moor_blobs(self, present: bool) -> None:
+        found = self._moor_blob_count()
+        expected = len(self.image.layer_digests) if present else 0
+        if found != expected:
+            raise BenchError(f"moord holds {found} of the image's {len(self.image.layer_digests)} layer blobs, "
+                             f"expected {expected}")
+
+    def _ctr_blob_count(self) -> int:
+        listed = set(subprocess.run(self.containerd.ctr("content", "ls", "-q"), stdin=subprocess.DEVNULL,
+                                    capture_output=True, text=True, timeout=60).stdout.split())
+        return sum(1 for digest in self.image.layer_digests if digest in listed)
+
+    def _remove_pulled(self) -> None:
+        """Remove the pulled image from both stores, with its blobs and snapshots, so the next pull is whole."""
+        run_checked(self.moord.moor("image", "rm", self.ref), timeout=300)
+        run_checked(self.containerd.ctr("images", "rm", "--sync", self.ref), timeout=300)
+        self._check_moor_blobs(present=False)
+        left = self._ctr_blob_count()
+        if left:
+            raise BenchError(f"containerd kept {left} layer blobs after ctr images rm --sync")
+        # Leftover snapshots would let the next pull skip unpacking, so both stores must be back to the start.
+        counts = {"moor": self._moor_snapshot_count(), "ctr": self._ctr_snapshot_count()}
+        if counts != self.snapshot_baseline:
+            raise BenchError(f"snapshots left after removing the image: {counts}, expected {self.snapshot_baseline}")
+
+    def pulls(self, rounds: int) -> dict:
+        """Pull the image ``rounds`` times under each, interleaved; the image stays pulled after the last."""
+        commands = {"moor": self.moord.moor("pull", "--insecure-registry", "-q", self.ref),
+                    "ctr": self.containerd.ctr("images", "pull", "--plain-http", self.ref)}
+        times: dict[str, list[float]] = {label: [] for label in commands}
+        for round_number in range(rounds):
+            if round_number:
+                self._remove_pulled()
+            for label, argv in commands.items():
+                times[label].append(time_command(argv, timeout=1800))
+                log.info("pull round %d: %s %.1f s", round_number + 1, label, times[label][-1])
+        self._check_moor_blobs(present=True)
+        if self._ctr_blob_count() != len(self.image.layer_digests):
+            raise BenchError("ctr images pull did not leave all the image's layer blobs in containerd")
+        return {"series": times, "summary": {label: Summary.of(values) for label, values in times.items()},
+                "ratio": Summary.of(ratios(times["moor"], times["ctr"])),
+                "commands": {label: " ".join(argv) for label, argv in commands.items()},
+                "snapshot_bytes": {"moor": _disk_bytes(self.moord.root / "snapshots"),
+                                   "ctr": _disk_bytes(self.containerd.folder / "root" /
+                                                      "io.containerd.snapshotter.v1.overlayfs")}}
+
+    def starts(self, count: int) -> dict:
+        """Start ``count`` detached containers of the pulled image under each, one moor and one ctr per round."""
+        names, ids = [], []
+        times: dict[str, list[float]] = {"moor": [], "ctr": []}
+        try:
+            for _ in range(count):
+                names.append(self._unique("mi"))
+                times["moor"].append(time_command(self.moord.moor("run", "-d", "--name", names[-1], self.ref,
+                                                                  "sleep", "3600")))
+                ids.append(self._unique("ci"))
+                times["ctr"].append(time_command(self.containerd.ctr("run", "-d", "--null-io", self.ref, ids[-1],
+                                                                     "sleep", "3600")))
+            running = sum(1 for item in self.moord.inspect(names) if item["State"]["Status"] == "running")
+            tasks = run_checked(self.containerd.ctr("tasks", "ls"), capture=True).stdout.decode()
+            ctr_running = sum(1 for line in tasks.splitlines() if "RUNNING" in line.split())
+        finally:
+            began = time.perf_counter()
+            if names:
+                subprocess.run(self.moord.moor("rm", "-f", *names), stdin=subprocess.DEVNULL, capture_output=True,
+                               timeout=600)
+            moor_teardown = time.perf_counter() - began
+            began = time.perf_counter()
+            if ids:
+                self.containerd.remove_containers(ids)
+            ctr_teardown = time.perf_counter() - began
+        return {"count": count, "series": times,
+                "summary": {label: Summary.of(values) for label, values in times.items()},
+                "totals": {label: sum(values) for label, values in times.items()},
+                "ratio": Summary.of(ratios(times["moor"], times["ctr"])),
+                "running": {"moor": running, "ctr": ctr_running},
+                "teardown": {"moor": moor_teardown, "ctr": ctr_teardown}}
+
+
+def _disk_bytes(folder: Path) -> int:
+    """Return the bytes that ``du`` counts under ``folder`` (0 if it is missing)."""
+    if not folder.exists():
+        return 0
+    result = subprocess.run(["du", "-s", "-B1", str(folder)], stdin=subprocess.DEVNULL, capture_output=True,
+                            text=True, timeout=120)
+    return int(result.stdout.split()[0]) if result.returncode == 0 and result.stdout else 0

@@ -157,7 +157,7 @@ class Api:
             await self.manager.start(container, wait_attach=wait_attach)
         except Exception:
             if request.get("rm"):
-                await self.manager.remove(container, force=True)
+                await self.manager.remove(container, force=True, volumes=True)
             raise
 
     async def _forward_until_exit(self, container: Container, queue: asyncio.Queue, stream) -> int:
@@ -198,7 +198,7 @@ class Api:
 
     async def op_rm(self, request, stream):
         container = self.manager.get(request["id"])
-        await self.manager.remove(container, force=bool(request.get("force")))
+        await self.manager.remove(container, force=bool(request.get("force")), volumes=bool(request.get("volumes")))
         return {"id": container.id}
 
     async def op_wait(self, request, stream):

@@ -180,6 +180,8 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         command.add_argument("containers", nargs="+", metavar="CONTAINER")
     sub.choices["start"].add_argument("-a", "--attach", action="store_true", help="stream output, exit with its code")
     sub.choices["rm"].add_argument("-f", "--force", action="store_true", help="kill running containers first")
+    sub.choices["rm"].add_argument("-v", "--volumes", action="store_true",
+                                   help="also remove the anonymous volumes of the image's Volumes paths")
     for verb in ("stop", "restart"):
         sub.choices[verb].add_argument("-t", "--time", type=int, help="seconds to wait before SIGKILL")
     sub.choices["kill"].add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
@@ -437,7 +439,7 @@ def cmd_kill(client, args) -> int:
 
 
 def cmd_rm(client, args) -> int:
-    return _each(client, args, "rm", force=args.force)
+    return _each(client, args, "rm", force=args.force, volumes=args.volumes)
 
 
 def cmd_wait(client, args) -> int:

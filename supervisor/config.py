@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from shim.protocol import InvalidArgument
 
 DEFAULT_CONFIG_FILE = Path("/etc/moorage/config.toml")
+_REGISTRY_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class DaemonConfig:
     nft_table: str = "moorage"                # moord's nftables table (family ip) for published ports
     cni_conf_dir: str = "/etc/cni/net.d"      # CNI network lists (*.conflist) usable as --network NAME
     cni_bin_dir: str = "/usr/lib/cni"         # CNI plugin binaries
+    # Registries (HOST or HOST:PORT) that pull and push reach over plain HTTP without --insecure-registry.
+    insecure_registries: tuple[str, ...] = ()
 
     @property
     def api_socket(self) -> Path:
@@ -62,6 +66,10 @@ class DaemonConfig:
         if self.metrics_address:
             from plugins.prometheus import parse_address
             parse_address(self.metrics_address)
+        for registry in self.insecure_registries:
+            if not isinstance(registry, str) or not _REGISTRY_HOST.fullmatch(registry):
+                raise InvalidArgument(f"invalid insecure registry {registry!r}: give HOST or HOST:PORT without "
+                                      "a scheme or path, for example 127.0.0.1:5000")
         if len(str(self.state / "shims" / ("x" * 64) / "shim.sock")) > 107:
             raise InvalidArgument(f"state folder {self.state} is too long for unix socket paths; use a shorter one")
         _check_plugins(self.plugins, self.plugin_timeout)
@@ -98,6 +106,8 @@ def load(path: Path | None, overrides: dict) -> DaemonConfig:
         values.update(_sections(data, file))
         if "moord" in data and "plugins" in data:
             values["plugins"] = data["plugins"]
+        values.pop("registries", None)
+        values.update(_registry_settings(data.get("registries"), file))
     elif path is not None:
         raise InvalidArgument(f"config file {path} not found")
     values.update({key: value for key, value in overrides.items() if value is not None})
@@ -107,6 +117,8 @@ def load(path: Path | None, overrides: dict) -> DaemonConfig:
     if unknown:
         raise InvalidArgument(f"unknown setting(s) {', '.join(unknown)} in {file}")
     config = DaemonConfig()
+    if "insecure_registries" in values:
+        values["insecure_registries"] = tuple(values["insecure_registries"])
     for key in ("root", "state"):
         if key in values:
             values[key] = Path(values[key]).absolute()
@@ -123,3 +135,20 @@ def _check_plugins(plugins, timeout) -> None:
             raise InvalidArgument(f"invalid plugins.{name} = {table!r}: use a [plugins.{name}] table")
         if not isinstance(table.get("enabled", True), bool):
             raise InvalidArgument(f"invalid plugins.{name}.enabled = {table['enabled']!r}: use true or false")
+
+
+def _registry_settings(table, file: Path) -> dict:
+    """Return the settings of the config file's ``[registries]`` table: ``insecure = ["HOST:PORT", ...]``."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise InvalidArgument(f"invalid [registries] in {file}: expected a table such as "
+                              '[registries] insecure = ["127.0.0.1:5000"]')
+    unknown = sorted(set(table) - {"insecure"})
+    if unknown:
+        raise InvalidArgument(f"unknown setting(s) {', '.join(unknown)} in [registries] of {file}; "
+                              "the table knows only insecure")
+    insecure = table.get("insecure", [])
+    if not isinstance(insecure, list):
+        raise InvalidArgument(f"invalid [registries] insecure in {file}: expected a list of HOST:PORT strings")
+    return {"insecure_registries": tuple(insecure)}

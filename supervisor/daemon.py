@@ -59,6 +59,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--cni-conf-dir", help="folder of CNI network lists (default /etc/cni/net.d)")
     parser.add_argument("--cni-bin-dir", help="folder of CNI plugin binaries (default /usr/lib/cni)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="moord's own log level")
+    parser.add_argument("--insecure-registry", action="append", metavar="HOST[:PORT]",
+                        help="registry that pull and push reach over plain HTTP; may be repeated "
+                             "(replaces [registries] insecure of the config file)")
     parser.add_argument("--version", action="version", version=f"moord {VERSION}")
     return parser.parse_args(argv)
 
@@ -103,6 +106,7 @@ async def _serve(config: daemon_config.DaemonConfig, rlimits) -> None:
     launcher = Launcher(config.state / "launcher.log", rlimits)
     await launcher.start()
     images = ImageStore(config.root, config.db_path, config.snapshotter)
+    images.insecure_registries = frozenset(config.insecure_registries)
     manager = Manager(config, store, images, events, plugins, launcher, context,
                       nofile_limits=rlimits[resource.RLIMIT_NOFILE], networks=networks)
     images.container_roots = lambda: [manager.folder(cid) / "rootfs" for cid in list(manager.containers)]
@@ -167,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                  "log_driver": args.log_driver, "metrics_address": args.metrics_address,
                  "default_network": args.default_network,
                  "bridge_name": args.bridge_name, "bridge_subnet": args.bridge_subnet, "nft_table": args.nft_table,
-                 "cni_conf_dir": args.cni_conf_dir, "cni_bin_dir": args.cni_bin_dir}
+                 "cni_conf_dir": args.cni_conf_dir, "cni_bin_dir": args.cni_bin_dir,
+                 "insecure_registries": args.insecure_registry}
     try:
         overrides["log_opts"] = _log_opts(args.log_opt)
         config = daemon_config.load(args.config, overrides)

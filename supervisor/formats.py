@@ -64,7 +64,12 @@ def inspect(container, manager) -> dict:
             "Healthcheck": health.to_docker(record.options.get("health")),
             "Tty": bool(record.options.get("tty")),
             "OpenStdin": bool(record.options.get("open_stdin")),
+            "ExposedPorts": record.options.get("exposed_ports", {}),
+            "Volumes": {volume["destination"]: {} for volume in record.options.get("anonymous_volumes", [])},
         },
+        "Mounts": [{"Type": "volume", "Name": volume["id"], "Source": volume["source"],
+                    "Destination": volume["destination"], "RW": True}
+                   for volume in record.options.get("anonymous_volumes", [])],
         "HostConfig": {
             "RestartPolicy": record.restart_policy,
             "AutoRemove": bool(record.options.get("auto_remove")),

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from shim.protocol import NotFound
 from supervisor.images import ImageStore
+from supervisor.images._db import SnapshotRecord, SnapshotTable
 from test_images import (ArchiveBuilder, entry, layer_tar, one_image_archive, root,  # noqa: F401
                          store, tree)
 
@@ -218,3 +222,84 @@ def test_moor_system_df(moord, tmp_path: Path):
 
     assert lines[0].split() == ["TYPE", "TOTAL", "SIZE", "RECLAIMABLE"]
     assert lines[3].split()[:2] == ["Snapshots", "3"]
+
+
+# A change of the snapshotter setting.
+
+OTHER_KIND = {"overlayfs": "copy", "copy": "overlayfs"}
+
+
+@pytest.mark.parametrize("first", ["overlayfs", "copy"])
+def test_changed_snapshotter_unpacks_again(root: Path, tmp_path: Path, first: str):
+    ImageStore(root, root / "moorage.db", first).import_archive(two_images(tmp_path))
+    store = ImageStore(root, root / "moorage.db", OTHER_KIND[first])
+    image = store.get("one")
+    dest = tmp_path / "container" / "rootfs"
+
+    try:
+        store.prepare_rootfs(image, dest)
+        store.mount_rootfs(dest)
+        content = (dest / "etc/one").read_bytes()
+    finally:
+        store.remove_rootfs(dest)
+
+    assert content == b"one"
+    assert store.snapshots.exists(image.snapshot)
+    assert (root / "snapshots" / first / image.snapshot).is_dir()
+
+
+def test_prune_removes_other_kind_snapshots(root: Path, tmp_path: Path):
+    ImageStore(root, root / "moorage.db", "copy").import_archive(two_images(tmp_path))
+    store = ImageStore(root, root / "moorage.db", "overlayfs")
+    dest = tmp_path / "container" / "rootfs"
+    store.prepare_rootfs(store.get("one"), dest)
+    store.remove_rootfs(dest)
+
+    removed = store.prune()
+
+    assert len(removed["snapshots"]) == 3
+    assert list((root / "snapshots" / "copy").iterdir()) == []
+    assert store.snapshots.exists(store.get("one").snapshot)
+
+
+def test_unpack_again_without_blobs_names_image(root: Path, tmp_path: Path):
+    first = ImageStore(root, root / "moorage.db", "copy")
+    first.import_archive(two_images(tmp_path))
+    image = first.get("one")
+    manifest = first._content.read(image.manifest_digest)
+    for layer in json.loads(manifest)["layers"]:
+        first._content.delete(layer["digest"])
+    store = ImageStore(root, root / "moorage.db", "overlayfs")
+
+    with pytest.raises(NotFound, match="moor image rm one:latest"):
+        store.prepare_rootfs(store.get("one"), tmp_path / "container" / "rootfs")
+    assert list((root / "snapshots" / "overlayfs").iterdir()) == []
+
+
+def test_snapshot_table_migrates_name_key(root: Path):
+    root.mkdir()
+    db = sqlite3.connect(root / "moorage.db")
+    db.execute("CREATE TABLE snapshots (name TEXT PRIMARY KEY, parent TEXT NOT NULL, kind TEXT NOT NULL, "
+               "size INTEGER NOT NULL)")
+    db.execute("INSERT INTO snapshots VALUES ('a' , '', 'copy', 5)")
+    db.commit()
+    db.close()
+
+    table = SnapshotTable(root / "moorage.db")
+    table.put(SnapshotRecord("a", "", "overlayfs", 7))
+
+    assert table.get("a", "copy") == SnapshotRecord("a", "", "copy", 5)
+    assert table.get("a", "overlayfs") == SnapshotRecord("a", "", "overlayfs", 7)
+
+
+def test_moord_runs_image_after_snapshotter_change(moord_factory, tmp_path: Path):
+    daemon = moord_factory("--snapshotter", "overlayfs")
+    daemon.moor("image", "import", str(two_images(tmp_path, runnable=True)))
+    daemon.stop()
+    daemon.extra_args = ("--snapshotter", "copy")
+    daemon.start()
+
+    result = daemon.moor("run", "--rm", "one", "sh", "-c", "read line < /etc/one; echo $line")
+
+    assert result.stdout == b"one\n"
+    assert list((daemon.root / "snapshots" / "copy").iterdir())

@@ -67,7 +67,9 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-def start_registry(folder: Path, tls: bool = False, basic_auth: bool = False) -> Registry:
+def start_registry(folder: Path, tls: bool = False, basic_auth: bool = False,
+                   auth_lines: list[str] | None = None) -> Registry:
+    """Start docker-registry; ``auth_lines`` is an ``auth:`` section of its YAML config, one string a line."""
     folder.mkdir(parents=True)
     port = free_port()
     lines = ["version: 0.1", "log:", "  level: warn", "  accesslog:", "    disabled: true",
@@ -84,6 +86,7 @@ def start_registry(folder: Path, tls: bool = False, basic_auth: bool = False) ->
         (folder / "htpasswd").write_bytes(htpasswd)
         lines += ["auth:", "  htpasswd:", "    realm: moorage-test",
                   f"    path: {folder / 'htpasswd'}"]
+    lines += auth_lines or []
     (folder / "config.yml").write_text("\n".join(lines) + "\n")
 
     log = open(folder / "registry.log", "wb")
@@ -307,3 +310,74 @@ def test_moor_login_writes_private_file(moord, tls_registry: Registry):
     assert stat.S_IMODE(os.stat(auth_file).st_mode) == 0o600
     assert tls_registry.host in json.loads(auth_file.read_text())["auths"]
     assert PASSWORD not in (moord.root.parent / "moord.out").read_text(errors="replace")
+
+
+# Insecure registries from moord's config file and flags.
+
+def push_and_pull_without_flag(daemon, tmp_path: Path, registry: Registry, name: str) -> tuple:
+    daemon.moor("image", "import", str(two_images(tmp_path, runnable=True)))
+    ref = f"{registry.host}/team/{name}:1"
+    daemon.moor("tag", "one", ref)
+    pushed = daemon.moor("push", "-q", ref)
+    daemon.moor("image", "rm", ref)
+    daemon.moor("image", "rm", "one")
+    pulled = daemon.moor("pull", "-q", ref)
+    return pushed, pulled, ref
+
+
+def test_config_insecure_registry_used_without_flag(moord_factory, tmp_path: Path, registry: Registry):
+    config = tmp_path / "config.toml"
+    config.write_text(f'[registries]\ninsecure = ["{registry.host}"]\n')
+    daemon = moord_factory("--config", str(config))
+
+    pushed, pulled, ref = push_and_pull_without_flag(daemon, tmp_path, registry, "from-config")
+
+    assert pushed.stdout.decode().split()[-1].startswith("sha256:")
+    assert pulled.stdout.decode().startswith(ref + " sha256:")
+
+
+def test_moord_flag_insecure_registry(moord_factory, tmp_path: Path, registry: Registry):
+    daemon = moord_factory("--insecure-registry", registry.host)
+
+    _, pulled, ref = push_and_pull_without_flag(daemon, tmp_path, registry, "from-flag")
+
+    assert pulled.stdout.decode().startswith(ref + " sha256:")
+
+
+def test_registry_not_listed_stays_https(moord_factory, tmp_path: Path, registry: Registry):
+    config = tmp_path / "config.toml"
+    config.write_text('[registries]\ninsecure = ["127.0.0.1:1"]\n')
+    daemon = moord_factory("--config", str(config))
+
+    result = daemon.moor("pull", "-q", f"{registry.host}/team/app:1", check=False)
+
+    assert result.returncode != 0
+    assert b"--insecure-registry" in result.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[registries]\ninsecure = ["http://127.0.0.1:5000"]\n', "invalid insecure registry 'http://127.0.0.1:5000'"),
+    ('[registries]\ninsecure = ["127.0.0.1:5000/team"]\n', "invalid insecure registry '127.0.0.1:5000/team'"),
+    ('[registries]\ninsecure = "127.0.0.1:5000"\n', "expected a list"),
+    ('[registries]\nmirrors = ["x"]\n', "unknown setting(s) mirrors in [registries]"),
+], ids=["scheme", "path", "not-a-list", "unknown-key"])
+def test_config_registries_rejected(tmp_path: Path, text: str, message: str):
+    from supervisor import config as daemon_config
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+
+    with pytest.raises(InvalidArgument) as caught:
+        daemon_config.load(config, {})
+
+    assert message in caught.value.message
+
+
+def test_config_registries_with_moord_table(tmp_path: Path):
+    from supervisor import config as daemon_config
+    config = tmp_path / "config.toml"
+    config.write_text('[moord]\nsnapshotter = "copy"\n\n[registries]\ninsecure = ["localhost:5000", "[::1]:5001"]\n')
+
+    loaded = daemon_config.load(config, {})
+
+    assert loaded.insecure_registries == ("localhost:5000", "[::1]:5001")
+    assert loaded.snapshotter == "copy"

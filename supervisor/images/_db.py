@@ -21,12 +21,15 @@ CREATE TABLE IF NOT EXISTS images (
     blobs TEXT NOT NULL
 )
 """
+# One row per snapshot and kind: after a change of snapshotter, the same chain id can
+# have a snapshot of each kind, and container roots may still stack the old kind's.
 _SNAPSHOT_SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
-    name TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
     parent TEXT NOT NULL,
     kind TEXT NOT NULL,
-    size INTEGER NOT NULL
+    size INTEGER NOT NULL,
+    PRIMARY KEY (name, kind)
 )
 """
 _COLUMNS = "name, manifest_digest, config_digest, snapshot, size, created, config, blobs"
@@ -120,19 +123,27 @@ class SnapshotTable:
         self._db_path = db_path
         with self._connect() as conn:
             conn.execute(_SNAPSHOT_SCHEMA)
+            _migrate_snapshot_key(conn)
 
     _connect = ImageTable._connect
 
-    def all(self) -> dict[str, SnapshotRecord]:
+    def all(self, kind: str) -> dict[str, SnapshotRecord]:
+        """Return the snapshots of one kind by name."""
         with self._connect() as conn:
-            rows = conn.execute("SELECT name, parent, kind, size FROM snapshots").fetchall()
+            rows = conn.execute("SELECT name, parent, kind, size FROM snapshots WHERE kind = ?",
+                                (kind,)).fetchall()
         return {row[0]: SnapshotRecord(*row) for row in rows}
 
-    def get(self, name: str) -> SnapshotRecord | None:
+    def get(self, name: str, kind: str) -> SnapshotRecord | None:
         with self._connect() as conn:
-            row = conn.execute("SELECT name, parent, kind, size FROM snapshots WHERE name = ?",
-                               (name,)).fetchone()
+            row = conn.execute("SELECT name, parent, kind, size FROM snapshots WHERE name = ? AND kind = ?",
+                               (name, kind)).fetchone()
         return SnapshotRecord(*row) if row else None
+
+    def kinds(self) -> set[str]:
+        """Return every kind that has at least one snapshot."""
+        with self._connect() as conn:
+            return {row[0] for row in conn.execute("SELECT DISTINCT kind FROM snapshots")}
 
     def put(self, record: SnapshotRecord) -> None:
         with self._connect() as conn:
@@ -140,9 +151,21 @@ class SnapshotTable:
                          "VALUES (?, ?, ?, ?)",
                          (record.name, record.parent, record.kind, record.size))
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, kind: str) -> None:
         with self._connect() as conn:
-            conn.execute("DELETE FROM snapshots WHERE name = ?", (name,))
+            conn.execute("DELETE FROM snapshots WHERE name = ? AND kind = ?", (name, kind))
+
+
+def _migrate_snapshot_key(conn: sqlite3.Connection) -> None:
+    """Key an older database's snapshots table by (name, kind) instead of name alone, rows kept."""
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'").fetchone()[0]
+    if "PRIMARY KEY (name, kind)" in sql:
+        return
+    conn.execute("ALTER TABLE snapshots RENAME TO snapshots_by_name")
+    conn.execute(_SNAPSHOT_SCHEMA)
+    conn.execute("INSERT INTO snapshots (name, parent, kind, size) "
+                 "SELECT name, parent, kind, size FROM snapshots_by_name")
+    conn.execute("DROP TABLE snapshots_by_name")
 
 
 def _row(record: ImageRecord) -> tuple:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound)
+from shim.protocol import AlreadyExists, FailedPrecondition, InvalidArgument, MoorError, NotFound
 
 from . import _busybox, _oci, _overlay
 from ._content import ContentStore, check_digest
@@ -89,10 +89,13 @@ class ImageStore:
         os.chmod(root / "blobs", 0o700)
         self._table = ImageTable(db_path)
         kind = pick_kind(snapshotter, root / "tmp")
-        self.snapshots = Snapshots(root / "snapshots" / kind, SnapshotTable(db_path), kind)
+        self._snapshot_table = SnapshotTable(db_path)
+        self.snapshots = Snapshots(root / "snapshots" / kind, self._snapshot_table, kind)
         self.auth_file = root / "auth.json"
         # Set by moord: the container roots that exist, whose snapshots must be kept.
         self.container_roots: Callable[[], list[Path]] = list
+        # Set by moord from its config: registries reached over plain HTTP without --insecure-registry.
+        self.insecure_registries: frozenset[str] = frozenset()
         self._clean_leftovers()
 
     @property
@@ -291,6 +294,7 @@ class ImageStore:
         if ca_file is None and (self._root / "certs.d" / registry / "ca.crt").is_file():
             ca_file = self._root / "certs.d" / registry / "ca.crt"
         credentials = load_credentials(self.auth_file, registry)
+        insecure = insecure or registry in self.insecure_registries
         return RegistryClient(registry, insecure, ca_file, credentials)
 
     def pull(self, ref: str, platform: str | None = None, insecure: bool = False,
@@ -472,8 +476,13 @@ class ImageStore:
 
     def _collect_snapshots(self, remaining: list[ImageRecord]) -> list[str]:
         """Remove the snapshots that neither an image nor a container root uses."""
-        keep = {record.image.snapshot for record in remaining} | self._snapshots_in_roots()
-        return self.snapshots.collect(keep)
+        in_roots = self._snapshots_in_roots()
+        keep = {record.image.snapshot for record in remaining} | in_roots
+        removed = self.snapshots.collect(keep)
+        # Snapshots of a snapshotter used before: only container roots can still use them.
+        for kind in sorted(self._snapshot_table.kinds() - {self.snapshots.kind}):
+            removed += Snapshots(self._root / "snapshots" / kind, self._snapshot_table, kind).collect(in_roots)
+        return removed
 
     def _snapshots_in_roots(self) -> set[str]:
         """Return the snapshots that the overlay roots of existing containers stack."""
@@ -594,16 +603,40 @@ class ImageStore:
         With overlayfs the root is a mount whose lower layer is the shared
         snapshot; otherwise it is a private copy of the snapshot.
         """
-        if not self.snapshots.exists(image.snapshot):
-            raise NotFound(
-                f"snapshot {image.snapshot} of image {image.name} is missing (made by another "
-                "snapshotter, or lost); remove the image with `moor image rm` and import it again")
         if os.path.lexists(dest):
             raise AlreadyExists(f"container root {dest} already exists; remove it first")
 
         dest.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
+            if not self.snapshots.exists(image.snapshot):
+                self._unpack_again(image)
             self.snapshots.prepare_root(image.snapshot, dest)
+
+    def _unpack_again(self, image: Image) -> None:
+        """Unpack an image's layers from the content store as snapshots of the current kind.
+
+        This happens after the ``snapshotter`` setting changed: the image's snapshots are
+        of the other kind, but its blobs are still in the content store.
+        """
+        where = f"image {image.name}"
+        lost = (f"the snapshot of image {image.name} is missing and so are its blobs; remove the image "
+                f"with `moor image rm {image.name}` and pull or import it again")
+        if not (self._content.exists(image.manifest_digest) and self._content.exists(image.id)):
+            raise NotFound(lost)
+        manifest = _oci.parse_json(self._content.read(image.manifest_digest), where)
+        layers = _oci.descriptor_list(manifest, "layers", where)
+        if not all(self._content.exists(layer.digest) for layer in layers):
+            raise NotFound(lost)
+        diff_ids = _diff_ids(_oci.parse_json(self._content.read(image.id), where), len(layers), where)
+
+        log.info("image %s has no %s snapshot, as after a change of the snapshotter setting; unpacking its "
+                 "%d layers again from the content store", image.name, self.snapshots.kind, len(layers))
+        job = _ImportJob()
+        with self._rolled_back_on_error(job):
+            top, _ = self._ensure_snapshot(layers, diff_ids, job)
+            if top != image.snapshot:
+                raise MoorError(f"image {image.name}: its layers unpack to snapshot {top}, but the image "
+                                f"records {image.snapshot}; remove the image and pull or import it again")
 
     def mount_rootfs(self, dest: Path) -> None:
         """Mount an overlay container root before its container starts; copies need nothing."""

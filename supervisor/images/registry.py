@@ -201,7 +201,6 @@ class RegistryClient:
             raise MoorError(f"registry {self.registry} requires an unsupported authentication "
                             f"scheme {scheme!r}")
 
-        # NOTE: the bearer-token flow follows the distribution token spec but no test covers it.
         query = {"service": params.get("service", ""), "scope": params.get("scope", scope)}
         url = params["realm"] + "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v})
         headers = {}

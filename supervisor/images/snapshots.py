@@ -58,13 +58,11 @@ class Snapshots:
         return self.folder / name
 
     def exists(self, name: str) -> bool:
-        record = self._table.get(name)
-        return record is not None and record.kind == self.kind and self.path(name).is_dir()
+        return self._table.get(name, self.kind) is not None and self.path(name).is_dir()
 
     def records(self) -> dict[str, SnapshotRecord]:
         """Return the recorded snapshots of this kind by name."""
-        return {name: record for name, record in self._table.all().items()
-                if record.kind == self.kind}
+        return self._table.all(self.kind)
 
     def chain(self, name: str) -> list[str]:
         """Return the snapshot and its ancestors, topmost first."""
@@ -129,7 +127,7 @@ class Snapshots:
 
     def remove(self, name: str) -> None:
         """Forget a snapshot, then delete its folder, renamed first so no half of it stays."""
-        self._table.delete(name)
+        self._table.delete(name, self.kind)
         path = self.path(name)
         if not path.exists():
             return
@@ -157,7 +155,7 @@ class Snapshots:
             if not self.path(name).is_dir():
                 log.warning("snapshot %s is recorded but its folder is missing; forgetting it",
                             name)
-                self._table.delete(name)
+                self._table.delete(name, self.kind)
 
     def collect(self, keep_tops: set[str]) -> list[str]:
         """Remove every snapshot outside the chains of ``keep_tops``; return the removed names."""
