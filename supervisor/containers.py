@@ -904,6 +904,9 @@ class Manager:
         if record.shim_pid and self._shim_alive(record):
             await self._reconnect(container)
             return
+        if not rebooted and self._adopt_unrecorded_shim(container):
+            await self._reconnect(container)
+            return
         if record.shim_pid or record.status in ("running", "restarting"):
             await self._mark_vanished(container, rebooted)
         elif rebooted and record.status == "exited":
@@ -911,6 +914,29 @@ class Manager:
         elif record.status == "created":
             # `moor run` keeps the new root mounted for its start; a moord that died in between left it so.
             await asyncio.to_thread(self.images.unmount_rootfs, self.folder(container.id) / "rootfs")
+
+    def _adopt_unrecorded_shim(self, container: Container) -> bool:
+        """Record a live shim that moord forked but died before recording; return whether there was one.
+
+        Each start writes a fresh shim folder, so the pid file there belongs
+        to the last shim forked for the container.
+        """
+        record = container.record
+        try:
+            pid = int((self.shim_folder(container.id) / "shim.pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return False
+        start_time = process_start_time(pid)
+        if pid == record.shim_pid or not start_time or b"shim" not in cmdline:
+            return False
+        log.warning("container %s: found its shim %d, which the last moord forked but did not record; "
+                    "adopting it", container.id, pid)
+        record.shim_pid, record.shim_start_time = pid, start_time
+        record.task_gen += 1
+        record.acked_seq = 0
+        self.store.save(record)
+        return True
 
     def _shim_alive(self, record: ContainerRecord) -> bool:
         start_time = process_start_time(record.shim_pid)
@@ -941,7 +967,9 @@ class Manager:
                     container.execs[exec_id] = ExecSession(exec_id=exec_id, pid=process["pid"], interactive=True,
                                                            announced=True)
             container.exit_event = asyncio.Event()
-            if state["status"] not in ("failed", "created") and record.status in ("created", "restarting"):
+            started = state["status"] not in ("failed", "created")
+            if (started and record.status in ("created", "restarting")
+                    or state["status"] == "running" and record.status == "exited"):
                 self._adopt_started_task(container, state)
         finally:
             container.start_gate.set()

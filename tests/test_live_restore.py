@@ -433,3 +433,31 @@ def test_interrupted_removal_finished_on_start(moord, host_folder):
     wait_until(lambda: not (moord.root / "containers" / info["Id"]).exists(), 30, message="the container's folder to go")
     assert not alive(init_pid)
     assert "halfgone" not in ps_rows(moord)
+
+
+def test_unrecorded_shim_adopted_on_start(moord, host_folder):
+    """A shim that moord forked but died before recording is found and adopted by the next moord.
+
+    The crash cannot be timed for real in the microseconds between the fork
+    and the database write, so the test stops moord and puts back the row as
+    it was before that start: exited, with no shim.
+    """
+    import sqlite3
+
+    info = run(moord, "unnoted", host_folder, "exec sleep 3600")
+    shim_pid, init_pid = info["Shim"]["Pid"], info["State"]["Pid"]
+    moord.kill9()
+    db = sqlite3.connect(moord.root / "moorage.db")
+    try:
+        db.execute("UPDATE containers SET status = 'exited', shim_pid = 0, shim_start_time = 0, pid = 0 "
+                   "WHERE id = ?", (info["Id"],))
+        db.commit()
+    finally:
+        db.close()
+
+    moord.start()
+    after = moord.wait_status("unnoted", "running")
+
+    assert after["Shim"]["Pid"] == shim_pid
+    assert after["State"]["Pid"] == init_pid
+    assert alive(init_pid)
