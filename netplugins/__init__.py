@@ -35,6 +35,10 @@ class BasicPlugin:
     def moorage_network_teardown(self, container_id: str, netns: str, network: dict) -> None:
         return None
 
+    @hookimpl
+    def moorage_network_check(self, container_id: str, netns: str, network: dict) -> dict | None:
+        return {} if network.get("driver") in ("none", "host", "container") else None
+
 
 def build(config) -> tuple[Networks, list]:
     """Build the network registry and the built-in plugin objects for one moord."""

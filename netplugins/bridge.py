@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import socket
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -67,6 +68,26 @@ class BridgePlugin:
         delete_link(veth_name(container_id))
         self.db.release(network["name"], container_id)
         refresh_peers(self.db, network["name"])
+
+    @hookimpl
+    def moorage_network_check(self, container_id: str, netns: str, network: dict) -> dict | None:
+        """Check the lease, the veth on the bridge and the address of ``eth0`` in the namespace."""
+        if network.get("driver") != "bridge":
+            return None
+        lease = next((row for row in self.db.leases(network["name"]) if row["container_id"] == container_id), None)
+        if lease is None:
+            raise NetworkSetupError(f"container {container_id} has no address lease on network {network['name']}")
+        host_side = veth_name(container_id)
+        with IPRoute() as ipr:
+            bridge_index = _index(ipr, network["bridge"])
+            link = ipr.get_links(_index(ipr, host_side))[0]
+            if link.get_attr("IFLA_MASTER") != bridge_index:
+                raise NetworkSetupError(f"interface {host_side} is not attached to bridge {network['bridge']}")
+        addresses = _addresses(Path(netns), "eth0")
+        if lease["address"] not in addresses:
+            raise NetworkSetupError(f"eth0 in the container lacks its address {lease['address']} "
+                                    f"(it has {', '.join(addresses) or 'none'})")
+        return {"ip_address": lease["address"], "host_interface": host_side}
 
     # -- steps ------------------------------------------------------------------
 
@@ -158,6 +179,13 @@ def delete_link(name: str) -> None:
         found = ipr.link_lookup(ifname=name)
         if found:
             _ignore(errno.ENODEV, ipr.link, "del", index=found[0])
+
+
+def _addresses(netns_path: Path, name: str) -> list[str]:
+    """Return the IPv4 addresses of interface ``name`` in the namespace at ``netns_path``."""
+    with netns.open_netlink(netns_path) as inner:
+        index = _index(inner, name)
+        return [a.get_attr("IFA_ADDRESS") for a in inner.get_addr(index=index, family=socket.AF_INET)]
 
 
 def _index(ipr: IPRoute, name: str) -> int:

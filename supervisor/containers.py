@@ -482,6 +482,47 @@ class Manager:
             self.store.save(container.record)
         log.info("container %s: network %s is torn down", container_id, state["network"]["name"])
 
+    async def check_network(self, container: Container) -> dict:
+        """Run the check hook on a running container's network; store the outcome for inspect and return it."""
+        record = container.record
+        try:
+            state = json.loads(self._netns_state(container.id).read_text())
+        except (FileNotFoundError, ValueError):
+            state = None
+        if record.status != "running" or state is None:
+            raise FailedPrecondition(f"container {record.name} has no network set up by moord (it is "
+                                     f"{record.status}): start it first")
+        network_name = state["network"]["name"]
+        answers = await self.plugins.network_check(container.id, state["netns"], state["network"])
+        errors = [f"plugin {plugin}: {error}" for plugin, _, error in answers if error]
+        status = "ok" if answers else "unchecked"   # unchecked: no plugin serves this network's driver
+        if errors:
+            status = "failed"
+        check = {"status": status,
+                 "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "errors": errors,
+                 "details": {plugin: result for plugin, result, _ in answers if result}}
+        if record.network:
+            record.network = dict(record.network, check=check)
+            self.store.save(record)
+        if errors:
+            log.error("container %s: network %s check failed: %s", container.id, network_name, "; ".join(errors))
+            self.events.publish(protocol.TOPIC_NETWORK_CHECK_FAILED, container.id, name=record.name,
+                                network=network_name, errors=errors)
+        else:
+            log.info("container %s: network %s check: %s", container.id, network_name, check["status"])
+        return check
+
+    async def _check_networks_on_restore(self) -> None:
+        """Check the network of every running container on a CNI network, as the CNI specification intends."""
+        for container in list(self.containers.values()):
+            record = container.record
+            if record.status != "running" or (record.network or {}).get("driver") != "cni":
+                continue
+            try:
+                await self.check_network(container)
+            except Exception as exc:
+                log.error("container %s: network check after restore failed: %s", container.id, exc)
+
     async def _reconcile_networks(self) -> None:
         """Tear down what containers that no longer run left behind: namespaces, veths, rules, leases."""
         from netplugins import netns
@@ -837,6 +878,7 @@ class Manager:
         await asyncio.gather(*(self._restore_one(c, rebooted) for c in list(self.containers.values())),
                              *(self._finish_removal(row) for row in self.store.removals()))
         await self._reconcile_networks()
+        await self._check_networks_on_restore()
 
     async def _finish_removal(self, row) -> None:
         """Finish the cleanup of a container that an earlier moord retired but did not clear."""

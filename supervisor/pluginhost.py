@@ -256,6 +256,20 @@ class PluginHost:
         names = [impl.plugin_name for impl in self._ordered("moorage_network_teardown")]
         await self.undo("moorage_network_teardown", names, container_id, netns=netns, network=network)
 
+    async def network_check(self, container_id: str, netns: str, network: dict) -> list[tuple[str, object, str]]:
+        """Check the network through every plugin; return ``(plugin, result, error)`` for each that serves it."""
+        answers = []
+        for impl in self._ordered("moorage_network_check"):
+            try:
+                result = await self._call(impl, "moorage_network_check", {"netns": netns, "network": network},
+                                          container_id)
+            except PluginFailure as failure:
+                answers.append((impl.plugin_name, None, failure.message))
+                continue
+            if result is not None:
+                answers.append((impl.plugin_name, result, ""))
+        return answers
+
     async def collect_metrics(self, container_id: str, cgroup_path: str, pid: int) -> dict:
         """Merge the metrics of every plugin; later plugins in call order override earlier ones."""
         merged: dict = {}
