@@ -36,6 +36,7 @@ from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, M
 from shim.service import ShimConfig
 from supervisor import health, names, restart
 from supervisor.config import DaemonConfig
+from supervisor.pluginhost import PluginFailure
 from supervisor.events import EventBus
 from supervisor.shims import Launcher, ShimClient, process_start_time
 from supervisor.store import ContainerRecord, Store
@@ -415,6 +416,11 @@ class Manager:
             if files_dir == self.folder(container.id) / "net":
                 await asyncio.to_thread(attach.write_files, files_dir, network["driver"],
                                         record.spec.get("hostname", container.id[:12]), result, net)
+        except StartFailed as exc:
+            cause = _plugin_cause(exc)
+            log.error("container %s: network %s setup failed: %s", container.id, network["name"], cause)
+            await self._network_down(container.id)
+            raise StartFailed(f"failed to set up network {network['name']} for container {record.name}: {cause}")
         except Exception as exc:
             log.error("container %s: network %s setup failed: %s", container.id, network["name"], exc)
             await self._network_down(container.id)
@@ -443,16 +449,14 @@ class Manager:
         return network, str(self.config.state / "netns" / container.id), files_dir
 
     async def _network_setup_hook(self, container: Container, netns_path: str, network: dict, net: dict) -> dict:
-        # TODO: call this through the plugin host with its timeout once the plugin system lands.
         record = container.record
         options = {"name": record.name, "hostname": record.spec.get("hostname", container.id[:12]),
                    "ip": net.get("ip"), "ports": net.get("ports") or [], "publish_all": net.get("publish_all"),
                    "exposed_ports": net.get("exposed_ports") or [], "add_hosts": net.get("add_hosts") or [],
                    "dns": net.get("dns") or [], "files_dir": str(self.folder(container.id) / "net")}
-        results = await asyncio.to_thread(self.plugins.hook.moorage_network_setup, container_id=container.id,
-                                          netns=netns_path, network=network, options=options)
+        answers = await self.plugins.network_setup(container.id, netns_path, network, options)
         merged: dict = {}
-        for result in reversed(results):
+        for _, result in reversed(answers):   # the first plugin in call order wins a clash
             merged.update(result or {})
         return merged
 
@@ -465,13 +469,10 @@ class Manager:
             state = json.loads(state_file.read_text())
         except (FileNotFoundError, ValueError):
             return
-        failed = False
-        try:
-            await asyncio.to_thread(self.plugins.hook.moorage_network_teardown, container_id=container_id,
-                                    netns=state["netns"], network=state["network"])
-        except Exception as exc:
-            failed = True
-            log.error("container %s: network %s teardown failed: %s", container_id, state["network"]["name"], exc)
+        failed = await self.plugins.network_teardown(container_id, state["netns"], state["network"])
+        if failed:
+            log.error("container %s: network %s teardown failed in plugin(s) %s; moord retries at its next start",
+                      container_id, state["network"]["name"], ", ".join(failed))
         if state.get("own_netns"):
             await asyncio.to_thread(netns.remove, Path(state["netns"]))
         if not failed:
@@ -542,11 +543,14 @@ class Manager:
                             lease["container_id"], lease["address"], lease["network"])
                 try:
                     network = await asyncio.to_thread(self.networks.resolve, lease["network"])
-                    await asyncio.to_thread(self.plugins.hook.moorage_network_teardown,
-                                            container_id=lease["container_id"], netns="", network=network)
                 except Exception as exc:
                     log.error("container %s: freeing its address on network %s failed: %s",
                               lease["container_id"], lease["network"], exc)
+                    continue
+                failed = await self.plugins.network_teardown(lease["container_id"], "", network)
+                if failed:
+                    log.error("container %s: freeing its address on network %s failed in plugin(s) %s",
+                              lease["container_id"], lease["network"], ", ".join(failed))
 
 
     # -- records from the shim -------------------------------------------------
@@ -1007,6 +1011,16 @@ def _labels(image, request: dict) -> dict:
     if not isinstance(image_labels, dict):
         image_labels = {}
     return {**{str(k): str(v) for k, v in image_labels.items()}, **dict(request.get("labels") or {})}
+
+
+def _plugin_cause(exc: StartFailed) -> str:
+    """Return what the plugin that failed a network setup raised, or the plugin host's words for a timeout."""
+    failure = exc.__cause__
+    if not isinstance(failure, PluginFailure):
+        return exc.message
+    if failure.error is not None:
+        return str(failure.error)
+    return f"plugin {failure.plugin} {failure.message}"
 
 
 def _with_exposed_ports(net: dict, image) -> dict:
