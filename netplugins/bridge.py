@@ -110,6 +110,9 @@ class BridgePlugin:
                 os.close(fd)
             index = _index(ipr, host_side)
             ipr.link("set", index=index, master=bridge_index, state="up")
+            # Hairpin mode lets a frame leave by the port it came in on: with bridge netfilter on, a
+            # container's own published port, reached through a host address, comes back that way.
+            ipr.brport("set", index=index, mode=1)
         with netns.open_netlink(netns_path) as inner:
             eth0 = _index(inner, "eth0")
             prefix = ipaddress.ip_network(network["subnet"]).prefixlen
@@ -133,8 +136,6 @@ class BridgePlugin:
             self.db.reserve_ports(container_id, address, chosen)
         except (portlib.PortError, PortTaken) as exc:
             raise NetworkSetupError(str(exc)) from None
-        # TODO: add hairpin masquerading; a container cannot reach its own network's published ports
-        # through a host address yet, only its peers' addresses directly.
         self.rules.publish(chosen, address)
         return chosen
 
@@ -161,6 +162,8 @@ def ensure_bridge(network: dict, rules: portlib.Rules) -> None:
     # Lets DNATed traffic from 127.0.0.1 leave through the bridge (it is masqueraded on the way).
     Path(f"/proc/sys/net/ipv4/conf/{network['bridge']}/route_localnet").write_text("1")
     if not network["internal"]:
+        # DNATed traffic from the subnet back into it (hairpin) is masqueraded, so replies return through the host.
+        rules.hairpin(network["subnet"], True)
         rules.masquerade(network["subnet"], True)
 
 
@@ -171,6 +174,7 @@ def _exists(name: str) -> bool:
 def remove_bridge(network: dict, rules: portlib.Rules) -> None:
     delete_link(network["bridge"])
     rules.masquerade(network["subnet"], False)
+    rules.hairpin(network["subnet"], False)
 
 
 def delete_link(name: str) -> None:
