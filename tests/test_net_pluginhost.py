@@ -1,8 +1,9 @@
 """Network setup through the plugin host: its timeout, and the undo of a setup that another plugin vetoes.
 
 A test plugin, installed on moord's PYTHONPATH, runs after the built-in
-bridge plugin (trylast).  It hangs or raises for containers whose name
-says so, after the bridge plugin has made the veth and leased an address.
+bridge plugin (trylast).  It hangs or raises for containers whose name starts
+with "hang" or "veto", after the bridge plugin has made the veth and leased
+an address.
 """
 
 from __future__ import annotations
