@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install what Moorage needs on Debian or Ubuntu, as root: runc, busybox-static,
-# nftables (published ports), containernetworking-plugins (the cni network type),
+# nftables and iptables (published ports), containernetworking-plugins (the cni network type),
 # a virtual environment at $MOORAGE_VENV (default /opt/moorage) holding this
 # checkout, and links to moor, moord and moor-shim in /usr/local/bin.
 # Run it again at any time; it only adds what is missing.
@@ -31,6 +31,7 @@ command -v pkg-config >/dev/null 2>&1 || missing="$missing pkg-config"
 [ -f /usr/include/zmq.h ] || missing="$missing libzmq3-dev"
 [ -f /usr/include/msgpack.h ] || missing="$missing libmsgpack-dev"
 command -v nft >/dev/null 2>&1 || missing="$missing nftables"
+command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
 [ -x /usr/lib/cni/bridge ] || missing="$missing containernetworking-plugins"
 if [ -n "$missing" ]; then
     echo "install.sh: installing$missing with apt-get"

@@ -35,11 +35,15 @@ class BasicPlugin:
     def moorage_network_teardown(self, container_id: str, netns: str, network: dict) -> None:
         return None
 
+    @hookimpl
+    def moorage_network_check(self, container_id: str, netns: str, network: dict) -> dict | None:
+        return {} if network.get("driver") in ("none", "host", "container") else None
+
 
 def build(config) -> tuple[Networks, list]:
     """Build the network registry and the built-in plugin objects for one moord."""
     db = NetworkDB(config.db_path)
-    rules = ports.Rules(config.nft_table)
+    rules = ports.make_rules(config.nft_table, config.port_backend)
     settings = {"bridge_network": DEFAULT_NETWORK, "bridge_name": config.bridge_name,
                 "bridge_subnet": config.bridge_subnet, "cni_conf_dir": config.cni_conf_dir}
     plugins = [BasicPlugin(), bridge.BridgePlugin(db, rules),

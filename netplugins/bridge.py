@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import socket
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -68,6 +69,26 @@ class BridgePlugin:
         self.db.release(network["name"], container_id)
         refresh_peers(self.db, network["name"])
 
+    @hookimpl
+    def moorage_network_check(self, container_id: str, netns: str, network: dict) -> dict | None:
+        """Check the lease, the veth on the bridge and the address of ``eth0`` in the namespace."""
+        if network.get("driver") != "bridge":
+            return None
+        lease = next((row for row in self.db.leases(network["name"]) if row["container_id"] == container_id), None)
+        if lease is None:
+            raise NetworkSetupError(f"container {container_id} has no address lease on network {network['name']}")
+        host_side = veth_name(container_id)
+        with IPRoute() as ipr:
+            bridge_index = _index(ipr, network["bridge"])
+            link = ipr.get_links(_index(ipr, host_side))[0]
+            if link.get_attr("IFLA_MASTER") != bridge_index:
+                raise NetworkSetupError(f"interface {host_side} is not attached to bridge {network['bridge']}")
+        addresses = _addresses(Path(netns), "eth0")
+        if lease["address"] not in addresses:
+            raise NetworkSetupError(f"eth0 in the container lacks its address {lease['address']} "
+                                    f"(it has {', '.join(addresses) or 'none'})")
+        return {"ip_address": lease["address"], "host_interface": host_side}
+
     # -- steps ------------------------------------------------------------------
 
     def _lease(self, container_id: str, network: dict, options: dict) -> str:
@@ -89,6 +110,9 @@ class BridgePlugin:
                 os.close(fd)
             index = _index(ipr, host_side)
             ipr.link("set", index=index, master=bridge_index, state="up")
+            # Hairpin mode lets a frame leave by the port it came in on: with bridge netfilter on, a
+            # container's own published port, reached through a host address, comes back that way.
+            ipr.brport("set", index=index, mode=1)
         with netns.open_netlink(netns_path) as inner:
             eth0 = _index(inner, "eth0")
             prefix = ipaddress.ip_network(network["subnet"]).prefixlen
@@ -112,8 +136,6 @@ class BridgePlugin:
             self.db.reserve_ports(container_id, address, chosen)
         except (portlib.PortError, PortTaken) as exc:
             raise NetworkSetupError(str(exc)) from None
-        # TODO: add hairpin masquerading; a container cannot reach its own network's published ports
-        # through a host address yet, only its peers' addresses directly.
         self.rules.publish(chosen, address)
         return chosen
 
@@ -140,6 +162,8 @@ def ensure_bridge(network: dict, rules: portlib.Rules) -> None:
     # Lets DNATed traffic from 127.0.0.1 leave through the bridge (it is masqueraded on the way).
     Path(f"/proc/sys/net/ipv4/conf/{network['bridge']}/route_localnet").write_text("1")
     if not network["internal"]:
+        # DNATed traffic from the subnet back into it (hairpin) is masqueraded, so replies return through the host.
+        rules.hairpin(network["subnet"], True)
         rules.masquerade(network["subnet"], True)
 
 
@@ -150,6 +174,7 @@ def _exists(name: str) -> bool:
 def remove_bridge(network: dict, rules: portlib.Rules) -> None:
     delete_link(network["bridge"])
     rules.masquerade(network["subnet"], False)
+    rules.hairpin(network["subnet"], False)
 
 
 def delete_link(name: str) -> None:
@@ -158,6 +183,13 @@ def delete_link(name: str) -> None:
         found = ipr.link_lookup(ifname=name)
         if found:
             _ignore(errno.ENODEV, ipr.link, "del", index=found[0])
+
+
+def _addresses(netns_path: Path, name: str) -> list[str]:
+    """Return the IPv4 addresses of interface ``name`` in the namespace at ``netns_path``."""
+    with netns.open_netlink(netns_path) as inner:
+        index = _index(inner, name)
+        return [a.get_attr("IFA_ADDRESS") for a in inner.get_addr(index=index, family=socket.AF_INET)]
 
 
 def _index(ipr: IPRoute, name: str) -> int:

@@ -90,15 +90,30 @@ class CniPlugin:
             raise errors[0]
         (self.cache_dir / f"{container_id}.json").unlink(missing_ok=True)
 
-    def check(self, container_id: str, netns: str) -> None:
-        """Run CHECK through the list with the cached result; raise CniError if a plugin objects."""
-        # TODO: run CHECK from moord too (at reconnect, or a `moor network check`); only callers of this method use it now.
+    @hookimpl
+    def moorage_network_check(self, container_id: str, netns: str, network: dict) -> dict | None:
+        if network.get("driver") != "cni":
+            return None
+        return self.check(container_id, netns)
+
+    def check(self, container_id: str, netns: str) -> dict:
+        """Run CHECK through the list with the cached result; raise CniError if a plugin objects.
+
+        A list with ``disableCheck`` or a ``cniVersion`` before 0.4.0 is not
+        checked, following the CNI specification.
+        """
         cached = self._cached(container_id)
         if cached is None or cached["result"] is None:
-            raise CniError(f"no CNI result is cached for container {container_id}")
-        for plugin in cached["conflist"]["plugins"]:
-            self._run("CHECK", container_id, netns,
-                      _plugin_config(cached["conflist"], plugin, cached["result"], cached["runtime"]))
+            raise CniError(f"no CNI result is cached for container {container_id}: restart it to set it up again")
+        conflist = cached["conflist"]
+        if conflist.get("disableCheck"):
+            return {"skipped": "the network list sets disableCheck"}
+        if _version(conflist.get("cniVersion", "1.0.0")) < (0, 4, 0):
+            return {"skipped": f"cniVersion {conflist.get('cniVersion')} has no CHECK (it needs 0.4.0 or later)"}
+        for plugin in conflist["plugins"]:
+            self._run("CHECK", container_id, netns, _plugin_config(conflist, plugin, cached["result"],
+                                                                   cached["runtime"]))
+        return {"plugins": [plugin["type"] for plugin in conflist["plugins"]]}
 
     # -- running one plugin ------------------------------------------------------------
 
@@ -141,6 +156,13 @@ def _load(path: str | Path) -> dict:
     if not isinstance(conflist.get("plugins"), list) or not conflist["plugins"]:
         raise CniError(f"CNI network list {path} has no plugins")
     return conflist
+
+
+def _version(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in str(text).split("."))
+    except ValueError:
+        return (0,)
 
 
 def _runtime_config(options: dict) -> dict:

@@ -55,6 +55,7 @@ TOPIC_TASK_HEALTH_STATUS = "task.health_status"
 TOPIC_IMAGE_IMPORT = "image.import"
 TOPIC_IMAGE_DELETE = "image.delete"
 TOPIC_PLUGIN_ERROR = "plugin.error"
+TOPIC_NETWORK_CHECK_FAILED = "network.check_failed"
 
 # Features that a shim lists in its state; a shim of the first release lists none.
 FEATURE_SESSIONS = "sessions"

@@ -318,6 +318,9 @@ class Api:
         await asyncio.to_thread(self.manager.networks.remove, request["name"])
         return {"name": request["name"]}
 
+    async def op_network_check(self, request, stream):
+        return await self.manager.check_network(self.manager.get(request["container"]))
+
     # -- images ----------------------------------------------------------------
 
     async def op_image_import_rootfs(self, request, stream):

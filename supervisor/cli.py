@@ -258,6 +258,8 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     network_inspect.add_argument("names", nargs="+", metavar="NETWORK")
     network_rm = network_sub.add_parser("rm", help="remove networks")
     network_rm.add_argument("names", nargs="+", metavar="NETWORK")
+    network_check = network_sub.add_parser("check", help="check that running containers' networks are intact")
+    network_check.add_argument("containers", nargs="+", metavar="CONTAINER")
 
     sub.add_parser("version", help="print client and moord versions")
     sub.add_parser("info", help="print moord's settings and counts")
@@ -592,6 +594,20 @@ def cmd_network(client, args) -> int:
         import json
 
         print(json.dumps([client.call("network_inspect", name=name) for name in args.names], indent=2))
+    elif command == "check":
+        status = 0
+        for ref in args.containers:
+            try:
+                check = client.call("network_check", container=ref)
+            except MoorError as exc:
+                print(f"moor: {exc.message}", file=sys.stderr)
+                status = exc.exit_code
+                continue
+            print(f"{ref}: {check['status']}")
+            for error in check["errors"]:
+                print(f"moor: {ref}: {error}", file=sys.stderr)
+                status = 1
+        return status
     elif command == "rm":
         status = 0
         for name in args.names:

@@ -34,6 +34,7 @@ class DaemonConfig:
     bridge_name: str = "moor0"                # interface of the default bridge network
     bridge_subnet: str = "172.28.0.0/16"      # subnet of the default bridge network
     nft_table: str = "moorage"                # moord's nftables table (family ip) for published ports
+    port_backend: str = "auto"                # nft, iptables, or auto (nft where the nft command exists)
     cni_conf_dir: str = "/etc/cni/net.d"      # CNI network lists (*.conflist) usable as --network NAME
     cni_bin_dir: str = "/usr/lib/cni"         # CNI plugin binaries
     # Registries (HOST or HOST:PORT) that pull and push reach over plain HTTP without --insecure-registry.
@@ -72,6 +73,8 @@ class DaemonConfig:
                                       "a scheme or path, for example 127.0.0.1:5000")
         if len(str(self.state / "shims" / ("x" * 64) / "shim.sock")) > 107:
             raise InvalidArgument(f"state folder {self.state} is too long for unix socket paths; use a shorter one")
+        if self.port_backend not in ("auto", "nft", "iptables"):
+            raise InvalidArgument(f"invalid port_backend {self.port_backend!r}: use auto, nft or iptables")
         _check_plugins(self.plugins, self.plugin_timeout)
         return self
 

@@ -37,6 +37,7 @@ from shim.protocol import (AlreadyExists, FailedPrecondition, InvalidArgument, M
 from shim.service import ShimConfig
 from supervisor import health, names, restart
 from supervisor.config import DaemonConfig
+from supervisor.pluginhost import PluginFailure
 from supervisor.events import EventBus
 from supervisor.images import volumes as image_volumes
 from supervisor.shims import Launcher, ShimClient, process_start_time
@@ -445,6 +446,11 @@ class Manager:
             if files_dir == self.folder(container.id) / "net":
                 await asyncio.to_thread(attach.write_files, files_dir, network["driver"],
                                         record.spec.get("hostname", container.id[:12]), result, net)
+        except StartFailed as exc:
+            cause = _plugin_cause(exc)
+            log.error("container %s: network %s setup failed: %s", container.id, network["name"], cause)
+            await self._network_down(container.id)
+            raise StartFailed(f"failed to set up network {network['name']} for container {record.name}: {cause}")
         except Exception as exc:
             log.error("container %s: network %s setup failed: %s", container.id, network["name"], exc)
             await self._network_down(container.id)
@@ -473,16 +479,14 @@ class Manager:
         return network, str(self.config.state / "netns" / container.id), files_dir
 
     async def _network_setup_hook(self, container: Container, netns_path: str, network: dict, net: dict) -> dict:
-        # TODO: call this through the plugin host with its timeout once the plugin system lands.
         record = container.record
         options = {"name": record.name, "hostname": record.spec.get("hostname", container.id[:12]),
                    "ip": net.get("ip"), "ports": net.get("ports") or [], "publish_all": net.get("publish_all"),
                    "exposed_ports": net.get("exposed_ports") or [], "add_hosts": net.get("add_hosts") or [],
                    "dns": net.get("dns") or [], "files_dir": str(self.folder(container.id) / "net")}
-        results = await asyncio.to_thread(self.plugins.hook.moorage_network_setup, container_id=container.id,
-                                          netns=netns_path, network=network, options=options)
+        answers = await self.plugins.network_setup(container.id, netns_path, network, options)
         merged: dict = {}
-        for result in reversed(results):
+        for _, result in reversed(answers):   # the first plugin in call order wins a clash
             merged.update(result or {})
         return merged
 
@@ -495,13 +499,10 @@ class Manager:
             state = json.loads(state_file.read_text())
         except (FileNotFoundError, ValueError):
             return
-        failed = False
-        try:
-            await asyncio.to_thread(self.plugins.hook.moorage_network_teardown, container_id=container_id,
-                                    netns=state["netns"], network=state["network"])
-        except Exception as exc:
-            failed = True
-            log.error("container %s: network %s teardown failed: %s", container_id, state["network"]["name"], exc)
+        failed = await self.plugins.network_teardown(container_id, state["netns"], state["network"])
+        if failed:
+            log.error("container %s: network %s teardown failed in plugin(s) %s; moord retries at its next start",
+                      container_id, state["network"]["name"], ", ".join(failed))
         if state.get("own_netns"):
             await asyncio.to_thread(netns.remove, Path(state["netns"]))
         if not failed:
@@ -511,6 +512,47 @@ class Manager:
             container.record.network = {}
             self.store.save(container.record)
         log.info("container %s: network %s is torn down", container_id, state["network"]["name"])
+
+    async def check_network(self, container: Container) -> dict:
+        """Run the check hook on a running container's network; store the outcome for inspect and return it."""
+        record = container.record
+        try:
+            state = json.loads(self._netns_state(container.id).read_text())
+        except (FileNotFoundError, ValueError):
+            state = None
+        if record.status != "running" or state is None:
+            raise FailedPrecondition(f"container {record.name} has no network set up by moord (it is "
+                                     f"{record.status}): start it first")
+        network_name = state["network"]["name"]
+        answers = await self.plugins.network_check(container.id, state["netns"], state["network"])
+        errors = [f"plugin {plugin}: {error}" for plugin, _, error in answers if error]
+        status = "ok" if answers else "unchecked"   # unchecked: no plugin serves this network's driver
+        if errors:
+            status = "failed"
+        check = {"status": status,
+                 "checked_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "errors": errors,
+                 "details": {plugin: result for plugin, result, _ in answers if result}}
+        if record.network:
+            record.network = dict(record.network, check=check)
+            self.store.save(record)
+        if errors:
+            log.error("container %s: network %s check failed: %s", container.id, network_name, "; ".join(errors))
+            self.events.publish(protocol.TOPIC_NETWORK_CHECK_FAILED, container.id, name=record.name,
+                                network=network_name, errors=errors)
+        else:
+            log.info("container %s: network %s check: %s", container.id, network_name, check["status"])
+        return check
+
+    async def _check_networks_on_restore(self) -> None:
+        """Check the network of every running container on a CNI network, as the CNI specification intends."""
+        for container in list(self.containers.values()):
+            record = container.record
+            if record.status != "running" or (record.network or {}).get("driver") != "cni":
+                continue
+            try:
+                await self.check_network(container)
+            except Exception as exc:
+                log.error("container %s: network check after restore failed: %s", container.id, exc)
 
     async def _reconcile_networks(self) -> None:
         """Tear down what containers that no longer run left behind: namespaces, veths, rules, leases."""
@@ -531,11 +573,14 @@ class Manager:
                             lease["container_id"], lease["address"], lease["network"])
                 try:
                     network = await asyncio.to_thread(self.networks.resolve, lease["network"])
-                    await asyncio.to_thread(self.plugins.hook.moorage_network_teardown,
-                                            container_id=lease["container_id"], netns="", network=network)
                 except Exception as exc:
                     log.error("container %s: freeing its address on network %s failed: %s",
                               lease["container_id"], lease["network"], exc)
+                    continue
+                failed = await self.plugins.network_teardown(lease["container_id"], "", network)
+                if failed:
+                    log.error("container %s: freeing its address on network %s failed in plugin(s) %s",
+                              lease["container_id"], lease["network"], ", ".join(failed))
 
 
     # -- records from the shim -------------------------------------------------
@@ -885,6 +930,7 @@ class Manager:
         await asyncio.gather(*(self._restore_one(c, rebooted) for c in list(self.containers.values())),
                              *(self._finish_removal(row) for row in self.store.removals()))
         await self._reconcile_networks()
+        await self._check_networks_on_restore()
 
     async def _finish_removal(self, row) -> None:
         """Finish the cleanup of a container that an earlier moord retired but did not clear."""
@@ -1048,6 +1094,16 @@ def _labels(image, request: dict) -> dict:
     if not isinstance(image_labels, dict):
         image_labels = {}
     return {**{str(k): str(v) for k, v in image_labels.items()}, **dict(request.get("labels") or {})}
+
+
+def _plugin_cause(exc: StartFailed) -> str:
+    """Return what the plugin that failed a network setup raised, or the plugin host's words for a timeout."""
+    failure = exc.__cause__
+    if not isinstance(failure, PluginFailure):
+        return exc.message
+    if failure.error is not None:
+        return str(failure.error)
+    return f"plugin {failure.plugin} {failure.message}"
 
 
 def _with_exposed_ports(net: dict, image) -> dict:

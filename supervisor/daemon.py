@@ -56,6 +56,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--bridge-name", help="interface name of the default bridge network (default moor0)")
     parser.add_argument("--bridge-subnet", help="subnet of the default bridge network (default 172.28.0.0/16)")
     parser.add_argument("--nft-table", help="nftables table (family ip) for published ports (default moorage)")
+    parser.add_argument("--port-backend", choices=("auto", "nft", "iptables"),
+                        help="what writes the published-port rules (default auto: nft, or iptables where nft "
+                             "is missing)")
     parser.add_argument("--cni-conf-dir", help="folder of CNI network lists (default /etc/cni/net.d)")
     parser.add_argument("--cni-bin-dir", help="folder of CNI plugin binaries (default /usr/lib/cni)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="moord's own log level")
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                  "log_driver": args.log_driver, "metrics_address": args.metrics_address,
                  "default_network": args.default_network,
                  "bridge_name": args.bridge_name, "bridge_subnet": args.bridge_subnet, "nft_table": args.nft_table,
+                 "port_backend": args.port_backend,
                  "cni_conf_dir": args.cni_conf_dir, "cni_bin_dir": args.cni_bin_dir,
                  "insecure_registries": args.insecure_registry}
     try:

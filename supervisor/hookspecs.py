@@ -123,6 +123,17 @@ def moorage_network_teardown(container_id: str, netns: str, network: dict) -> No
     """
 
 
+@hookspec
+def moorage_network_check(container_id: str, netns: str, network: dict) -> dict:
+    """Check that a running container's network is still as setup left it; blocking.
+
+    moord calls it for ``moor network check`` and, when it starts, for each
+    running container on a CNI network.  Return None for networks the plugin
+    does not serve, or a dict of details (it may be empty).  Raise with a
+    message that names what is wrong when the check fails.
+    """
+
+
 # -- container lifecycle observers: after the action, never veto ---------------------
 
 @hookspec

@@ -68,11 +68,12 @@ BUILTINS = {"logging": _logging, "metrics": _metrics}
 class PluginFailure(Exception):
     """A hook implementation raised, timed out or was skipped."""
 
-    def __init__(self, plugin: str, hook: str, message: str):
+    def __init__(self, plugin: str, hook: str, message: str, error: Exception | None = None):
         super().__init__(f"plugin {plugin}: {hook} {message}")
         self.plugin = plugin
         self.hook = hook
         self.message = message
+        self.error = error   # what the hook raised; None for a timeout or a skipped call
 
 
 @dataclass
@@ -103,7 +104,7 @@ class PluginHost:
         self.manager = pluggy.PluginManager(hookspecs.PROJECT)
         self.manager.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
-        self.busy: set[tuple[str, str]] = set()
+        self.busy: set[tuple] = set()   # (plugin, hook) or (plugin, hook, container id)
         self.queues: dict[str, asyncio.Queue] = {}
         self.workers: dict[str, asyncio.Task] = {}
         self.last_report: dict[tuple[str, str, str], tuple[float, int]] = {}
@@ -209,7 +210,8 @@ class PluginHost:
                 continue
         return results
 
-    async def run_required(self, hook: str, undo: str, container_id: str, **kwargs) -> list[tuple[str, object]]:
+    async def run_required(self, hook: str, undo: str, container_id: str, per_container: bool = False,
+                           **kwargs) -> list[tuple[str, object]]:
         """Call a hook that can veto an action; on a failure undo the plugins that ran and raise.
 
         Returns ``(plugin, result)`` pairs in call order.  The exception is
@@ -218,20 +220,23 @@ class PluginHost:
         done: list[tuple[str, object]] = []
         for impl in self._ordered(hook):
             try:
-                done.append((impl.plugin_name, await self._call(impl, hook, kwargs, container_id)))
+                done.append((impl.plugin_name, await self._call(impl, hook, kwargs, container_id, per_container)))
             except PluginFailure as failure:
-                await self.undo(undo, [name for name, _ in done], container_id, **kwargs)
+                await self.undo(undo, [name for name, _ in done], container_id, per_container, **kwargs)
                 raise StartFailed(f"failed to start container {container_id}: plugin {failure.plugin} "
-                                  f"rejected it in {hook}: {failure.message}") from None
+                                  f"rejected it in {hook}: {failure.message}") from failure
         return done
 
-    async def undo(self, hook: str, plugin_names: list[str], container_id: str, **kwargs) -> None:
-        """Call an undo hook on the named plugins in reverse order; failures are only reported."""
+    async def undo(self, hook: str, plugin_names: list[str], container_id: str, per_container: bool = False,
+                   **kwargs) -> list[str]:
+        """Call an undo hook on the named plugins in reverse order; failures are only reported and returned."""
+        failed = []
         for name in reversed(plugin_names):
             try:
-                await self._call_plugin(name, hook, kwargs, container_id)
+                await self._call_plugin(name, hook, kwargs, container_id, per_container)
             except PluginFailure:
-                continue
+                failed.append(name)
+        return failed
 
     async def adjust_spec(self, container_id: str, spec: dict, options: dict) -> tuple[dict, list[str]]:
         """Return a copy of ``spec`` edited by every plugin, and the plugins that edited it."""
@@ -246,15 +251,38 @@ class PluginHost:
                               "changed root.path or linux.cgroupsPath, which moord owns")
         return adjusted, [name for name, _ in done]
 
-    async def network_setup(self, container_id: str, netns: str, network: str, options: dict) -> list[tuple[str, object]]:
-        """Set up the network through every plugin; on a failure tear down those that ran and raise StartFailed."""
-        return await self.run_required("moorage_network_setup", "moorage_network_teardown", container_id,
-                                       netns=netns, network=network, options=options)
+    async def network_setup(self, container_id: str, netns: str, network: dict,
+                            options: dict) -> list[tuple[str, object]]:
+        """Set up the network through every plugin; on a failure tear down those that ran and raise StartFailed.
 
-    async def network_teardown(self, container_id: str, netns: str, network: str) -> None:
-        """Tear down the network through every plugin, in reverse call order; failures are only reported."""
+        The ``PluginFailure`` is the StartFailed's ``__cause__``.  Network calls
+        are keyed by container too, so containers that start together set up
+        side by side.
+        """
+        return await self.run_required("moorage_network_setup", "moorage_network_teardown", container_id,
+                                       per_container=True, netns=netns, network=network, options=options)
+
+    async def network_teardown(self, container_id: str, netns: str, network: dict) -> list[str]:
+        """Tear down the network through every plugin, in reverse call order; return the plugins that failed.
+
+        Failures are reported like every plugin failure and never raised.
+        """
         names = [impl.plugin_name for impl in self._ordered("moorage_network_teardown")]
-        await self.undo("moorage_network_teardown", names, container_id, netns=netns, network=network)
+        return await self.undo("moorage_network_teardown", names, container_id, True, netns=netns, network=network)
+
+    async def network_check(self, container_id: str, netns: str, network: dict) -> list[tuple[str, object, str]]:
+        """Check the network through every plugin; return ``(plugin, result, error)`` for each that serves it."""
+        answers = []
+        for impl in self._ordered("moorage_network_check"):
+            try:
+                result = await self._call(impl, "moorage_network_check", {"netns": netns, "network": network},
+                                          container_id, per_container=True)
+            except PluginFailure as failure:
+                answers.append((impl.plugin_name, None, failure.message))
+                continue
+            if result is not None:
+                answers.append((impl.plugin_name, result, ""))
+        return answers
 
     async def collect_metrics(self, container_id: str, cgroup_path: str, pid: int) -> dict:
         """Merge the metrics of every plugin; later plugins in call order override earlier ones."""
@@ -265,21 +293,27 @@ class PluginHost:
                 merged.update(result)
         return merged
 
-    async def _call_plugin(self, name: str, hook: str, kwargs: dict, container_id: str | None):
+    async def _call_plugin(self, name: str, hook: str, kwargs: dict, container_id: str | None,
+                           per_container: bool = False):
         for impl in getattr(self.manager.hook, hook).get_hookimpls():
             if impl.plugin_name == name:
-                return await self._call(impl, hook, kwargs, container_id)
+                return await self._call(impl, hook, kwargs, container_id, per_container)
         return None
 
-    async def _call(self, impl, hook: str, kwargs: dict, container_id: str | None):
-        """Run one implementation in a daemon thread, at most ``plugin_timeout`` seconds."""
-        key = (impl.plugin_name, hook)
+    async def _call(self, impl, hook: str, kwargs: dict, container_id: str | None, per_container: bool = False):
+        """Run one implementation in a daemon thread, at most ``plugin_timeout`` seconds.
+
+        With ``per_container`` a call that has not returned keeps only that
+        container's later calls of the hook from running, not other containers'.
+        """
+        key = (impl.plugin_name, hook) + ((container_id,) if per_container else ())
         if key in self.busy:
             self.report(impl.plugin_name, hook, container_id, "skipped: its previous call has not returned")
             raise PluginFailure(impl.plugin_name, hook, "skipped: its previous call has not returned")
         kwargs = {"container_id": container_id, **kwargs}
         arguments = {name: kwargs[name] for name in impl.argnames if name in kwargs}
         future = self._start_thread(key, impl.function, arguments)
+        error = None
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.timeout)
         except asyncio.TimeoutError:
@@ -287,10 +321,11 @@ class PluginHost:
         except Exception as exc:
             log.debug("plugin %s: %s raised", impl.plugin_name, hook, exc_info=exc)
             message = f"raised {exc!r}"
+            error = exc
         self.report(impl.plugin_name, hook, container_id, message)
-        raise PluginFailure(impl.plugin_name, hook, message)
+        raise PluginFailure(impl.plugin_name, hook, message, error)
 
-    def _start_thread(self, key: tuple[str, str], function, arguments: dict) -> asyncio.Future:
+    def _start_thread(self, key: tuple, function, arguments: dict) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.busy.add(key)

@@ -155,6 +155,8 @@ class Moord:
         for pid in self.shim_pids:
             if _is_shim(pid):
                 os.kill(pid, signal.SIGKILL)
+        # Network namespaces that moord pinned under its state folder outlive it by design.
+        _unmount_under(self.state)
         shutil.rmtree(self.state, ignore_errors=True)
         _unmount_under(self.root)
         for folder in (Path("/sys/fs/cgroup") / c / "moorage" for c in os.listdir("/sys/fs/cgroup")):

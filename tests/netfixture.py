@@ -50,9 +50,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 class NetEnv:
     """One test's network world: its moord, bridges, subnets and nftables table."""
 
-    def __init__(self, moord_factory, tmp_path: Path):
+    def __init__(self, moord_factory, tmp_path: Path, backend: str = "nft"):
         self.tag = uuid.uuid4().hex[:6]
         self.table = f"moorage-{self.tag}"
+        self.backend = backend
+        self.chains = (f"MOORAGE-{self.tag}-DNAT", f"MOORAGE-{self.tag}-POSTROUTING")
         self.bridges: list[str] = []
         self.subnets: list = []
         self.tmp_path = tmp_path
@@ -62,7 +64,7 @@ class NetEnv:
         self.default_subnet = self.subnet()
         self.moord = moord_factory("--default-network", "bridge", "--bridge-name", self.default_bridge,
                                    "--bridge-subnet", self.default_subnet, "--nft-table", self.table,
-                                   "--cni-conf-dir", str(self.cni_dir))
+                                   "--cni-conf-dir", str(self.cni_dir), "--port-backend", backend)
 
     def bridge_name(self, suffix: str) -> str:
         name = f"mt{self.tag}{suffix}"
@@ -91,6 +93,14 @@ class NetEnv:
     def nft(self) -> str:
         return _run("nft", "list", "table", "ip", self.table).stdout.decode()
 
+    def iptables(self) -> str:
+        """The nat table's rules that name this test's chains, as ``iptables -S`` prints them."""
+        lines = _run("iptables", "-w", "10", "-t", "nat", "-S").stdout.decode().splitlines()
+        return "".join(line + "\n" for line in lines if any(chain in line.split() for chain in self.chains))
+
+    def rules(self) -> str:
+        return self.iptables() if self.backend == "iptables" else self.nft()
+
     def netns_files(self) -> list[str]:
         folder = self.moord.state / "netns"
         return sorted(p.name for p in folder.iterdir() if p.suffix == "") if folder.is_dir() else []
@@ -114,10 +124,33 @@ class NetEnv:
                     _run("ip", "link", "delete", link)
                 _run("ip", "link", "delete", bridge)
         _run("nft", "delete", "table", "ip", self.table)
+        remove_chains(self.chains)
+
+
+def remove_chains(chains) -> None:
+    """Delete the jumps to the test's iptables chains from the nat table's hooks, then the chains."""
+    if not any(_run("iptables", "-w", "10", "-t", "nat", "-S", chain).returncode == 0 for chain in chains):
+        return
+    for line in _run("iptables", "-w", "10", "-t", "nat", "-S").stdout.decode().splitlines():
+        words = line.split()
+        if words[:1] == ["-A"] and words[1] not in chains and "-j" in words and words[words.index("-j") + 1] in chains:
+            _run("iptables", "-w", "10", "-t", "nat", "-D", *words[1:])
+    for chain in chains:
+        _run("iptables", "-w", "10", "-t", "nat", "-F", chain)
+    for chain in chains:
+        _run("iptables", "-w", "10", "-t", "nat", "-X", chain)
 
 
 @pytest.fixture
 def netenv(moord_factory, tmp_path):
     env = NetEnv(moord_factory, tmp_path)
+    yield env
+    env.cleanup()
+
+
+@pytest.fixture(params=["nft", "iptables"])
+def anyenv(request, moord_factory, tmp_path):
+    """A ``netenv`` for each port backend in turn."""
+    env = NetEnv(moord_factory, tmp_path, request.param)
     yield env
     env.cleanup()
