@@ -326,7 +326,7 @@ class Manager:
         try:
             return await self._create_task(container, spec, wait_attach)
         except BaseException:
-            await self.plugins.undo("moorage_release_spec", adjusted_by, container.id)
+            await self.plugins.undo("moorage_release_spec", adjusted_by, container.id, True)
             raise
 
     async def _create_task(self, container: Container, spec: dict, wait_attach: bool = False) -> int:

@@ -241,12 +241,13 @@ class PluginHost:
     async def adjust_spec(self, container_id: str, spec: dict, options: dict) -> tuple[dict, list[str]]:
         """Return a copy of ``spec`` edited by every plugin, and the plugins that edited it."""
         adjusted = copy.deepcopy(spec)
+        # Keyed by container, like the network calls: containers that start together adjust side by side.
         done = await self.run_required("moorage_adjust_spec", "moorage_release_spec", container_id,
-                                       spec=adjusted, options=copy.deepcopy(options))
+                                       per_container=True, spec=adjusted, options=copy.deepcopy(options))
         if adjusted.get("root") != spec.get("root") or \
                 adjusted.get("linux", {}).get("cgroupsPath") != spec.get("linux", {}).get("cgroupsPath"):
             names = [name for name, _ in done]
-            await self.undo("moorage_release_spec", names, container_id)
+            await self.undo("moorage_release_spec", names, container_id, True)
             raise StartFailed(f"failed to start container {container_id}: a plugin ({', '.join(names)}) "
                               "changed root.path or linux.cgroupsPath, which moord owns")
         return adjusted, [name for name, _ in done]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
+from conftest import REPO, wait_until
 from shim import protocol
 from shim.protocol import InvalidArgument
 from supervisor import config as daemon_config
@@ -209,6 +211,31 @@ def test_plugin_adjust_spec_reaches_container(moord_factory, site):
     result = moord.moor("run", "--rm", "--name", "adjusted", "busybox", "sh", "-c", "echo $ADDED_BY_PLUGIN")
 
     assert result.stdout == b"adjusted\n"
+
+
+SLOW_ENV_ADDER = '''
+    import time
+    from supervisor.hookspecs import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def moorage_adjust_spec(self, spec, options):
+            time.sleep(1)  # long enough for the other container's start to arrive meanwhile
+            spec["process"]["env"].append("ADDED_BY_PLUGIN=" + options["name"])
+'''
+
+
+def test_plugin_adjust_spec_concurrent_starts(moord_factory, site):
+    """Two containers that start at the same time are both adjusted; neither waits for or skips the other."""
+    install_plugin(site, "slowadder", SLOW_ENV_ADDER)
+    moord = start_with_plugins(moord_factory, site)
+    command = [sys.executable, "-m", "supervisor.cli", "--state", str(moord.state), "run", "--rm"]
+    runs = [subprocess.Popen([*command, "--name", name, "busybox", "sh", "-c", "echo $ADDED_BY_PLUGIN"],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in ("one", "two")]
+    outputs = [run.communicate(timeout=60) for run in runs]
+
+    assert outputs[0][0] == b"one\n", outputs[0][1]
+    assert outputs[1][0] == b"two\n", outputs[1][1]
 
 
 def test_plugin_adjust_spec_not_stored(moord_factory, site):
