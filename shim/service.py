@@ -59,6 +59,9 @@ class ShimConfig:
     # of waiting for a ``start`` request: one runtime call less to wait for.
     # moord sets it only for containers without stdin or a terminal.
     start: bool = False
+    # Whether the runtime makes a new network namespace whose lo the shim must set up; None (a moord
+    # that does not say) makes the shim read the bundle's config.json to find out.
+    loopback: bool | None = None
     # Interactive settings of the init: keep a stdin pipe open, or give it a terminal.
     stdin: bool = False
     tty: bool = False
@@ -287,9 +290,11 @@ class Shim:
 
     def _setup_loopback(self, pid: int) -> None:
         try:
-            with open(os.path.join(self.config.bundle, "config.json"), "rb") as handle:
-                spec = json.loads(handle.read())
-            if has_new_network_namespace(spec):
+            wanted = self.config.loopback
+            if wanted is None:
+                with open(os.path.join(self.config.bundle, "config.json"), "rb") as handle:
+                    wanted = has_new_network_namespace(json.loads(handle.read()))
+            if wanted:
                 loopback_up(pid)
         except (OSError, ValueError) as exc:
             log.error("container %s: could not bring up lo in its network namespace: %s", self.id, exc)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
+import _signal  # the C module: the signal module's enums cost each command 0.6 ms to import
 import sys
 import time
 
@@ -389,8 +389,8 @@ def _forward_signals(client, target: dict) -> None:
     def forward(signum, frame):
         if "id" in target:
             client.send("kill", id=target["id"], signal=signum)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, forward)
+    for signum in (_signal.SIGINT, _signal.SIGTERM):
+        _signal.signal(signum, forward)
 
 
 def cmd_attach(client, args) -> int:
