@@ -22,6 +22,8 @@ DEFAULT_NETWORK = "bridge"
 class BasicPlugin:
     """``none`` (only ``lo``, which moord brings up), ``host`` and ``container:NAME``: nothing to configure."""
 
+    network_drivers = ("none", "host", "container")
+
     @hookimpl
     def moorage_network_setup(self, container_id: str, netns: str, network: dict, options: dict) -> dict | None:
         if network.get("driver") not in ("none", "host", "container"):

@@ -39,6 +39,8 @@ def veth_name(container_id: str) -> str:
 class BridgePlugin:
     """Implements the network hooks for networks whose driver is ``bridge``."""
 
+    network_drivers = ("bridge",)
+
     def __init__(self, db: NetworkDB, rules: portlib.Rules):
         self.db = db
         self.rules = rules

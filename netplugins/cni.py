@@ -51,6 +51,8 @@ def find_conflist(folder: str | Path, name: str) -> Path | None:
 class CniPlugin:
     """Implements the network hooks for networks whose driver is ``cni``."""
 
+    network_drivers = ("cni",)
+
     def __init__(self, bin_dir: str | Path, cache_dir: str | Path):
         self.bin_dir = str(bin_dir)
         self.cache_dir = Path(cache_dir)

@@ -65,6 +65,22 @@ def _metrics(config):
 BUILTINS = {"logging": _logging, "metrics": _metrics}
 
 
+def _serving(network: dict):
+    """Return a test of whether a network hook implementation serves ``network``.
+
+    A plugin may name the drivers it serves in a ``network_drivers``
+    attribute; moord then calls its network hooks only for those networks,
+    which spares each start a trip to a worker thread per plugin.  A plugin
+    without the attribute gets every network.
+    """
+    driver = network.get("driver")
+
+    def serves(impl) -> bool:
+        drivers = getattr(impl.plugin, "network_drivers", None)
+        return drivers is None or driver in drivers
+    return serves
+
+
 class PluginFailure(Exception):
     """A hook implementation raised, timed out or was skipped."""
 
@@ -211,14 +227,17 @@ class PluginHost:
         return results
 
     async def run_required(self, hook: str, undo: str, container_id: str, per_container: bool = False,
-                           **kwargs) -> list[tuple[str, object]]:
+                           only=None, **kwargs) -> list[tuple[str, object]]:
         """Call a hook that can veto an action; on a failure undo the plugins that ran and raise.
 
         Returns ``(plugin, result)`` pairs in call order.  The exception is
         ``StartFailed`` naming the plugin, so the start fails with status 125.
+        ``only``, if given, picks the implementations to call.
         """
         done: list[tuple[str, object]] = []
         for impl in self._ordered(hook):
+            if only is not None and not only(impl):
+                continue
             try:
                 done.append((impl.plugin_name, await self._call(impl, hook, kwargs, container_id, per_container)))
             except PluginFailure as failure:
@@ -261,20 +280,25 @@ class PluginHost:
         side by side.
         """
         return await self.run_required("moorage_network_setup", "moorage_network_teardown", container_id,
-                                       per_container=True, netns=netns, network=network, options=options)
+                                       per_container=True, only=_serving(network), netns=netns, network=network,
+                                       options=options)
 
     async def network_teardown(self, container_id: str, netns: str, network: dict) -> list[str]:
         """Tear down the network through every plugin, in reverse call order; return the plugins that failed.
 
         Failures are reported like every plugin failure and never raised.
         """
-        names = [impl.plugin_name for impl in self._ordered("moorage_network_teardown")]
+        serves = _serving(network)
+        names = [impl.plugin_name for impl in self._ordered("moorage_network_teardown") if serves(impl)]
         return await self.undo("moorage_network_teardown", names, container_id, True, netns=netns, network=network)
 
     async def network_check(self, container_id: str, netns: str, network: dict) -> list[tuple[str, object, str]]:
         """Check the network through every plugin; return ``(plugin, result, error)`` for each that serves it."""
         answers = []
+        serves = _serving(network)
         for impl in self._ordered("moorage_network_check"):
+            if not serves(impl):
+                continue
             try:
                 result = await self._call(impl, "moorage_network_check", {"netns": netns, "network": network},
                                           container_id, per_container=True)
