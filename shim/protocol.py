@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import time
 
-import msgpack
-
 VERSION = 1
 MIN_VERSION = 1
 
@@ -146,14 +144,18 @@ def error_from_wire(err: dict) -> MoorError:
 
 
 def pack(message: dict) -> bytes:
+    # Imported here so that the client, which uses pack_light, never loads msgpack.
+    import msgpack
+
     message.setdefault("v", VERSION)
     return msgpack.packb(message, use_bin_type=True)
 
 
 def unpack(frame: bytes) -> dict:
     """Decode one envelope, enforcing the size limits and the version range."""
-    if len(frame) > MAX_MESSAGE_BYTES:
-        raise InvalidArgument(f"message of {len(frame)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
+    import msgpack
+
+    _check_size(frame)
     try:
         message = msgpack.unpackb(
             frame, raw=False, strict_map_key=True,
@@ -161,6 +163,35 @@ def unpack(frame: bytes) -> dict:
             max_array_len=_MAX_ITEMS, max_map_len=_MAX_ITEMS)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise InvalidArgument(f"malformed message: {exc}") from None
+    return _check_envelope(message)
+
+
+def pack_light(message: dict) -> bytes:
+    """``pack`` through ``shim.minipack``, which is cheaper to import than msgpack; the same bytes."""
+    from shim import minipack
+
+    message.setdefault("v", VERSION)
+    return minipack.packb(message)
+
+
+def unpack_light(frame: bytes) -> dict:
+    """``unpack`` through ``shim.minipack``, with the same limits and checks."""
+    from shim import minipack
+
+    _check_size(frame)
+    try:
+        message = minipack.unpackb(frame, max_items=_MAX_ITEMS)
+    except minipack.FormatError as exc:
+        raise InvalidArgument(f"malformed message: {exc}") from None
+    return _check_envelope(message)
+
+
+def _check_size(frame: bytes) -> None:
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise InvalidArgument(f"message of {len(frame)} bytes exceeds the limit of {MAX_MESSAGE_BYTES}")
+
+
+def _check_envelope(message) -> dict:
     if not isinstance(message, dict):
         raise InvalidArgument("malformed message: the envelope is not a map")
     version = message.get("v")

@@ -44,7 +44,7 @@ class Client:
 
     def send(self, op: str, **args) -> int:
         rid = next(self.rids)
-        self.dealer.send(protocol.pack(protocol.request(op, rid, **args)))
+        self.dealer.send(protocol.pack_light(protocol.request(op, rid, **args)))
         return rid
 
     def call(self, op: str, timeout: float | None = None,
@@ -58,7 +58,7 @@ class Client:
             if not self.dealer.poll(timeout):
                 raise DeadlineExceeded(f"moord did not respond within {timeout:g} s")
             try:
-                message = protocol.unpack(self.dealer.recv())
+                message = protocol.unpack_light(self.dealer.recv())
             except zmtp.ProtocolError as exc:
                 raise Unavailable(f"lost the connection to moord at {self.path}: {exc}") from None
             if message.get("rid") != rid:
