@@ -163,10 +163,12 @@ def _goals(results: dict) -> str:
     if latency and "moor / ctr" in latency["ratios"]:
         ratio = latency["ratios"]["moor / ctr"].median
         moor, ctr = latency["summary"]["moor"].median, latency["summary"]["ctr"].median
+        # The verdict uses the median of per-round ratios; the ratio of the two medians can differ,
+        # so both are printed.
         verdict = "met" if ratio <= LATENCY_GOAL else "NOT met"
-        lines.append(f"- `moor run --rm` at most {LATENCY_GOAL}x `ctr run --rm`: {verdict}. Measured x{ratio:.2f} "
-                     f"({ms(moor)} ms against {ms(ctr)} ms); the goal is {ms(LATENCY_GOAL * ctr)} ms, "
-                     f"a gap of {ms(moor - LATENCY_GOAL * ctr)} ms.")
+        lines.append(f"- `moor run --rm` at most {LATENCY_GOAL}x `ctr run --rm`: {verdict}. Median of per-round "
+                     f"ratios x{ratio:.2f}; medians {ms(moor)} ms against {ms(ctr)} ms, a ratio of "
+                     f"x{moor / ctr:.2f}.")
     memory = results.get("memory")
     if memory:
         moor_each, _, moor_total = _shim_figures(memory["moor"])
