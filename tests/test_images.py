@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shim.protocol import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from shim.protocol import AlreadyExists, FailedPrecondition, InvalidArgument, MoorError, NotFound
 from supervisor.images import Image, ImageStore
 from supervisor.images._oci import host_platform
 
@@ -877,3 +877,35 @@ def test_remove_rootfs_keeps_link_targets(rootfs_store: ImageStore, tmp_path: Pa
 
     assert not os.path.lexists(dest)
     assert_canary_untouched(canary)
+
+
+# A full disk, for real: the store's root on a small tmpfs.
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 4 MiB tmpfs; unmounted at teardown."""
+    path = tmp_path / "small-disk"
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(path)], check=True, timeout=30)
+    try:
+        yield path
+    finally:
+        unmount_under(path)
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+@pytest.mark.parametrize("kind", ["copy", "overlayfs"])
+def test_full_disk_import_leaves_nothing(small_disk: Path, tmp_path: Path, small_rootfs: Path, kind: str):
+    root = small_disk / "root"
+    store = ImageStore(root, root / "moorage.db", kind)
+    kept = store.import_rootfs("kept", small_rootfs)
+    blobs = sorted(os.listdir(root / "blobs/sha256"))
+    big = one_image_archive(tmp_path / "big.tar", [layer_tar([entry("big", data=os.urandom(6 << 20))])])
+
+    with pytest.raises(MoorError, match="space"):
+        store.import_archive(big)
+
+    assert store.list() == [kept]
+    assert sorted(os.listdir(root / "blobs/sha256")) == blobs
+    assert os.listdir(root / "blobs/ingest") == []
+    assert kept.snapshot in os.listdir(store.snapshots.folder)

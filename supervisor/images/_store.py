@@ -5,6 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
+import functools
 import json
 import logging
 import os
@@ -67,6 +69,27 @@ class _RegistrySource:
 
     def open_blob(self, descriptor: _oci.Descriptor):
         return open(self._content.path(descriptor.digest), "rb")
+
+
+def _reports_full_disk(action: str):
+    """Turn a full disk (ENOSPC, EDQUOT) in a store operation into an error that says what to do.
+
+    The operation has already removed its partial blobs and snapshots when
+    the error reaches this wrapper.
+    """
+    def wrap(method):
+        @functools.wraps(method)
+        def run(self, *args, **kwargs):
+            try:
+                return method(self, *args, **kwargs)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise MoorError(f"no space left on the disk of {self._root} while {action}: free space there "
+                                "(`moor system df` shows what uses it, `moor image prune` removes unused "
+                                "images) and try again") from None
+        return run
+    return wrap
 
 
 class ImageStore:
@@ -164,6 +187,7 @@ class ImageStore:
 
     # Imports.
 
+    @_reports_full_disk("importing a folder")
     def import_rootfs(self, name: str, folder: Path, config: dict | None = None) -> Image:
         """Make a single-layer image of a folder and name it, moving the name if it exists."""
         name = normalize_name(name)
@@ -230,6 +254,7 @@ class ImageStore:
             job.new_blobs.append(digest)
         return _oci.Descriptor(media_type, digest, len(data))
 
+    @_reports_full_disk("importing an archive")
     def import_archive(self, path: Path, name: str | None = None,
                        platform: str | None = None) -> list[Image]:
         """Import every image of an archive or layout folder for a platform, all or none.
@@ -297,6 +322,7 @@ class ImageStore:
         insecure = insecure or registry in self.insecure_registries
         return RegistryClient(registry, insecure, ca_file, credentials)
 
+    @_reports_full_disk("pulling an image")
     def pull(self, ref: str, platform: str | None = None, insecure: bool = False,
              ca_file: Path | None = None, progress: Progress | None = None) -> Image:
         """Download an image (a tag or a digest) for a platform and record it under its name."""
@@ -397,6 +423,7 @@ class ImageStore:
 
     # Export.
 
+    @_reports_full_disk("saving images")
     def save(self, refs: list[str], target: Path) -> list[str]:
         """Write the images ``refs`` (names or ids, with every name of an id) to an archive.
 
@@ -580,6 +607,7 @@ class ImageStore:
 
     # The default image.
 
+    @_reports_full_disk("making the busybox image")
     def ensure_busybox(self, name: str = "busybox:latest",
                        busybox: Path = Path("/bin/busybox")) -> Image:
         """Return the busybox image, making it from the host's static busybox if missing."""
@@ -597,6 +625,7 @@ class ImageStore:
 
     # Container roots.
 
+    @_reports_full_disk("making a container root")
     def prepare_rootfs(self, image: Image, dest: Path) -> None:
         """Make a container root at ``dest``, which must not exist, from an image's snapshot.
 
