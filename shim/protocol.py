@@ -143,18 +143,28 @@ def error_from_wire(err: dict) -> MoorError:
     return cls(message)
 
 
-def pack(message: dict) -> bytes:
-    # Imported here so that the client, which uses pack_light, never loads msgpack.
-    import msgpack
+_msgpack = None
 
+
+def _codec():
+    """Return the msgpack module, imported on first use so that the client, which uses
+    pack_light, never loads it; later calls run no import statement (a shim would copy
+    the pages that one touches)."""
+    global _msgpack
+    if _msgpack is None:
+        import msgpack
+        _msgpack = msgpack
+    return _msgpack
+
+
+def pack(message: dict) -> bytes:
     message.setdefault("v", VERSION)
-    return msgpack.packb(message, use_bin_type=True)
+    return _codec().packb(message, use_bin_type=True)
 
 
 def unpack(frame: bytes) -> dict:
     """Decode one envelope, enforcing the size limits and the version range."""
-    import msgpack
-
+    msgpack = _codec()
     _check_size(frame)
     try:
         message = msgpack.unpackb(

@@ -221,6 +221,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     reaper.prepare()
     _use_stderr_loggers()
+    protocol._codec()  # bind msgpack in shim.protocol here, not in each shim's own copy of the page
     gc.collect()
     _fill_allocator_pools()
     gc.freeze()
