@@ -7,6 +7,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 "$here/contrib/install.sh"
 
 state=${MOORAGE_STATE:-/run/moorage}
+# The commands that install.sh just installed, whatever else is earlier on PATH.
+PATH="${MOORAGE_VENV:-/opt/moorage}/bin:$PATH"
+export PATH
 if ! moor --state "$state" version >/dev/null 2>&1; then
     echo "quickstart: starting moord (log: /var/lib/moorage/moord.log)"
     setsid moord --state "$state" </dev/null >/dev/null 2>&1 &

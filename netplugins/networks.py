@@ -11,6 +11,7 @@ containers made here.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 import sqlite3
@@ -23,6 +24,8 @@ from shim.protocol import AlreadyExists, FailedPrecondition, InvalidArgument, No
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+log = logging.getLogger(__name__)
+
 BUILT_IN = ("none", "host")
 DEFAULT_MTU = 1500
 
@@ -59,7 +62,7 @@ class Networks:
             return found
         try:
             return self._create(name, self.settings["bridge_subnet"], None, DEFAULT_MTU, False,
-                                self.settings["bridge_name"])
+                                self.settings["bridge_name"], adopt=True)
         except (AlreadyExists, InvalidArgument):
             # A concurrent first start may have stored it a moment ago.
             found = self.db.network(name)
@@ -84,7 +87,7 @@ class Networks:
         return self._create(name, subnet, gateway, mtu, internal, bridge_name, driver)
 
     def _create(self, name: str, subnet: str, gateway: str | None, mtu: int, internal: bool,
-                bridge_name: str | None, driver: str = "bridge") -> dict:
+                bridge_name: str | None, driver: str = "bridge", adopt: bool = False) -> dict:
         if self.db.network(name) or cni.find_conflist(self.settings["cni_conf_dir"], name):
             raise AlreadyExists(f"network {name} already exists (see `moor network inspect {name}`)")
         network = _check_subnet(subnet, gateway)
@@ -93,31 +96,49 @@ class Networks:
             raise InvalidArgument(f"invalid bridge name {bridge_name!r}: at most 15 letters, digits, '_', '.', '-'")
         if not isinstance(mtu, int) or not 68 <= mtu <= 65535:
             raise InvalidArgument(f"invalid MTU {mtu!r}: give a number from 68 to 65535")
-        self._check_unused(network, bridge_name)
+        gateway = gateway or str(next(network.hosts()))
+        self._check_unused(network, bridge_name, gateway if adopt else None)
         record = {"name": name, "driver": driver, "subnet": str(network), "bridge": bridge_name,
-                  "gateway": gateway or str(next(network.hosts())), "mtu": mtu, "internal": bool(internal)}
+                  "gateway": gateway, "mtu": mtu, "internal": bool(internal)}
         try:
             self.db.add_network(record)
         except sqlite3.IntegrityError:
             raise AlreadyExists(f"network {name} already exists (see `moor network inspect {name}`)") from None
         return self.db.network(name)
 
-    def _check_unused(self, network, bridge_name: str) -> None:
+    def _check_unused(self, network, bridge_name: str, adopt_gateway: str | None = None) -> None:
+        """Refuse a subnet or bridge that is taken; with ``adopt_gateway``, take over an idle leftover bridge.
+
+        The default network's bridge outlives moord's database (a reinstall,
+        a new --root), so moord adopts a bridge of that name that has the
+        expected gateway address and no ports, as docker does with docker0.
+        """
         for other in self.db.networks():
             if network.overlaps(ipaddress.ip_network(other["subnet"])):
                 raise InvalidArgument(f"subnet {network} overlaps network {other['name']} ({other['subnet']})")
             if other["bridge"] == bridge_name:
                 raise AlreadyExists(f"bridge {bridge_name} already serves network {other['name']}")
         with IPRoute() as ipr:
+            adopted = None
             if ipr.link_lookup(ifname=bridge_name):
-                raise AlreadyExists(f"interface {bridge_name} already exists on this host: choose another "
-                                    "bridge name with --bridge")
-            for used in _host_subnets(ipr):
+                if adopt_gateway is None or not _idle_bridge(ipr, bridge_name, network, adopt_gateway):
+                    raise AlreadyExists(
+                        f"interface {bridge_name} already exists on this host: choose another bridge name "
+                        "(`moor network create --bridge NAME`, or `moord --bridge-name NAME "
+                        "--bridge-subnet CIDR` for the default network), or delete the interface "
+                        f"if nothing uses it (`ip link delete {bridge_name}`)")
+                log.warning("adopting bridge %s, left idle by an earlier moord, for the default network",
+                            bridge_name)
+                adopted = ipr.link_lookup(ifname=bridge_name)[0]
+            for used in _host_subnets(ipr, skip_index=adopted):  # the adopted bridge's own routes do not count
                 if network.overlaps(used):
                     raise InvalidArgument(f"subnet {network} overlaps {used}, which this host already uses: "
                                           "choose a subnet no host route or address covers")
 
     def remove(self, name: str) -> None:
+        if name in ("bridge", self.settings["bridge_network"]):
+            raise FailedPrecondition(f"network {name} is the default network and cannot be removed; "
+                                     "moord makes it again at the next start that uses it")
         network = self.db.network(name)
         if network is None:
             raise NotFound(f"no such network: {name} (CNI networks are removed by deleting their file)")
@@ -163,12 +184,26 @@ def _check_subnet(subnet: str, gateway: str | None):
     return network
 
 
-def _host_subnets(ipr: IPRoute) -> list:
+def _idle_bridge(ipr: IPRoute, name: str, network, gateway: str) -> bool:
+    """Tell whether interface ``name`` is a bridge with no ports and no address but ``gateway``."""
+    index = ipr.link_lookup(ifname=name)[0]
+    link = ipr.get_links(index)[0]
+    info = link.get_attr("IFLA_LINKINFO")
+    if info is None or info.get_attr("IFLA_INFO_KIND") != "bridge":
+        return False
+    addresses = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=socket.AF_INET)}
+    if addresses - {(gateway, network.prefixlen)}:
+        return False
+    return not any(other.get_attr("IFLA_MASTER") == index for other in ipr.get_links())
+
+
+def _host_subnets(ipr: IPRoute, skip_index: int | None = None) -> list:
     subnets = []
     for route in ipr.get_routes(family=socket.AF_INET):
         dst, length = route.get("dst"), route["dst_len"]
-        if dst and length:
+        if dst and length and (skip_index is None or route.get_attr("RTA_OIF") != skip_index):
             subnets.append(ipaddress.ip_network(f"{dst}/{length}", strict=False))
     for addr in ipr.get_addr(family=socket.AF_INET):
-        subnets.append(ipaddress.ip_network(f"{addr.get('address')}/{addr['prefixlen']}", strict=False))
+        if skip_index is None or addr["index"] != skip_index:
+            subnets.append(ipaddress.ip_network(f"{addr.get('address')}/{addr['prefixlen']}", strict=False))
     return subnets

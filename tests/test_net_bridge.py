@@ -274,3 +274,42 @@ def test_restarted_container_gets_its_network_again(netenv):
                and netenv.moord.inspect("flaky")["State"]["Status"] == "exited", 60, message="two restarts")
     assert netenv.moord.logs("flaky") == b"up\n" * 3
     assert lease_addresses(netenv, "again") == []
+
+
+# -- a default bridge left by an earlier moord -------------------------------------------
+
+def leave_bridge(env, address: str) -> None:
+    """Make the default bridge as an earlier moord with another database would have left it."""
+    subprocess.run(["ip", "link", "add", env.default_bridge, "type", "bridge"], check=True, timeout=30)
+    subprocess.run(["ip", "addr", "add", address, "dev", env.default_bridge], check=True, timeout=30)
+
+
+def test_idle_default_bridge_adopted(netenv):
+    import ipaddress
+
+    subnet = ipaddress.ip_network(netenv.default_subnet)
+    leave_bridge(netenv, f"{next(subnet.hosts())}/{subnet.prefixlen}")
+
+    output = run_output(netenv, "busybox", "ip", "-4", "-o", "addr", "show", "eth0")
+
+    assert str(next(subnet.hosts()) + 1) in output
+
+
+def test_foreign_default_bridge_refused_clearly(netenv):
+    leave_bridge(netenv, "10.231.254.1/30")
+
+    result = netenv.moord.moor("run", "--rm", "busybox", "true", check=False)
+
+    assert result.returncode == 125
+    assert f"interface {netenv.default_bridge} already exists".encode() in result.stderr
+    assert b"moord --bridge-name" in result.stderr
+
+
+def test_default_network_not_removable(netenv):
+    run_output(netenv, "busybox", "true")
+
+    result = netenv.moord.moor("network", "rm", "bridge", check=False)
+
+    assert result.returncode == 5
+    assert b"default network" in result.stderr
+    assert netenv.default_bridge in netenv.links()

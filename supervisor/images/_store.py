@@ -174,7 +174,8 @@ class ImageStore:
     def _get_by_id(self, ref: str) -> Image:
         match = _HEX_PREFIX_RE.fullmatch(ref)
         if match is None:
-            raise NotFound(f"image {ref!r} not found; list images with `moor image ls`")
+            raise NotFound(f"image {ref!r} not found; list images with `moor image ls`, or get it with "
+                           f"`moor pull {ref}` or `moor image import FILE`")
 
         prefix = "sha256:" + match.group(1)
         images = [image for image in self.list() if image.id.startswith(prefix)]
@@ -182,7 +183,8 @@ class ImageStore:
             raise InvalidArgument(
                 f"image id prefix {ref!r} matches several images; give more digits")
         if not images:
-            raise NotFound(f"image {ref!r} not found; list images with `moor image ls`")
+            raise NotFound(f"image {ref!r} not found; list images with `moor image ls`, or get it with "
+                           f"`moor pull {ref}` or `moor image import FILE`")
         return images[0]
 
     # Imports.
