@@ -20,7 +20,7 @@ from pathlib import Path
 
 import zmq
 
-from shim import console, protocol
+from shim import console, oom, protocol
 from shim.netns import has_new_network_namespace, loopback_up
 from shim.outbox import Outbox
 from shim.protocol import (FailedPrecondition, InvalidArgument, MoorError, NotFound,
@@ -37,6 +37,9 @@ INIT_DRAIN_SECONDS = 2.0
 FINISHED_EXEC_STREAMS = 16
 _SIGKILL = 9
 EXEC_DRAIN_SECONDS = 0.1
+# cgroup v1 signals an OOM before the kill is counted, so a notice that finds no new kill is read again.
+OOM_RECHECK_SECONDS = 0.05
+OOM_RECHECKS = 20
 _EXEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Plain ints for the receive path: combining pyzmq's enum constants runs enum code in Python.
 _POLLIN = int(zmq.POLLIN)
@@ -178,6 +181,9 @@ class Shim:
         self.start_waiter: tuple[bytes, object] | None = None
         self.attach_started = False
         self.console_count = 0
+        self.oom: oom.OomWatch | None = None
+        self.oom_recheck_at = 0.0
+        self.oom_rechecks_left = 0
 
     # -- start-up ---------------------------------------------------------
 
@@ -223,11 +229,11 @@ class Shim:
 
     def _finish_create(self, stdio: ProcessStdio | None, worker: tuple[int, int] | None,
                        failure: StartFailed | None) -> None:
-        init_pid, start_error = 0, None
+        init_pid, start_error, memory_cgroup = 0, None, None
         try:
             if failure is not None:
                 raise failure
-            init_pid, start_error = finish_worker(worker)
+            init_pid, start_error, memory_cgroup = finish_worker(worker)
             receive_terminal(stdio)
         except StartFailed as exc:
             log.error("create of container %s failed: %s", self.id, exc.message)
@@ -242,6 +248,7 @@ class Shim:
         self.init.pid = init_pid
         self.status = "created"
         log.info("container %s created, init pid %d", self.id, self.init.pid)
+        self._watch_oom(memory_cgroup)
         if not self.config.start:
             return
         if start_error is None:
@@ -260,23 +267,27 @@ class Shim:
             self.streams[key] = Stream(self.id, key, stdio.tty, stdio.take_stdin(), self._send_attached)
         stdio.close_child_ends()
 
-    def _create_container(self, stdio: tuple[int, int, int], console_socket: str | None) -> tuple[int, dict | None]:
+    def _create_container(self, stdio: tuple[int, int, int],
+                          console_socket: str | None) -> tuple[int, dict | None, tuple[str, str] | None]:
         """Run the runtime's ``create`` (and ``start`` if configured) in a worker process.
 
-        Returns the init pid and, when the start failed after the create
-        worked, the start's error in its wire form.
+        Returns the init pid, the start's error in its wire form when the
+        start failed after the create worked, and the init's memory cgroup as
+        ``(version, folder)``.
         """
         pid_file = os.path.join(self.folder, "init.pid")
         self.runtime.create(self.id, self.config.bundle, pid_file, stdio, console_socket)
         with open(pid_file) as handle:
             pid = int(handle.read())
-        self._setup_loopback(pid)
+        spec = self._read_spec()
+        self._setup_loopback(pid, spec)
+        memory_cgroup = oom.find_memory_cgroup(pid, (spec.get("linux") or {}).get("cgroupsPath"))
         if self.config.start:
             try:
                 self.runtime.start(self.id)
             except MoorError as exc:
-                return pid, exc.to_wire()
-        return pid, None
+                return pid, exc.to_wire(), memory_cgroup
+        return pid, None, memory_cgroup
 
     def _mark_started(self) -> None:
         self.status = "running"
@@ -285,14 +296,66 @@ class Shim:
         if exit_ is not None:
             self._mark_exited(self.init, exit_)
 
-    def _setup_loopback(self, pid: int) -> None:
+    def _read_spec(self) -> dict:
         try:
             with open(os.path.join(self.config.bundle, "config.json"), "rb") as handle:
-                spec = json.loads(handle.read())
+                return json.loads(handle.read())
+        except (OSError, ValueError) as exc:
+            log.error("container %s: could not read its config.json: %s", self.id, exc)
+            return {}
+
+    def _setup_loopback(self, pid: int, spec: dict) -> None:
+        try:
             if has_new_network_namespace(spec):
                 loopback_up(pid)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             log.error("container %s: could not bring up lo in its network namespace: %s", self.id, exc)
+
+    # -- OOM kills --------------------------------------------------------
+
+    def _watch_oom(self, memory_cgroup: tuple[str, str] | None) -> None:
+        if memory_cgroup is None:
+            log.warning("container %s: no memory cgroup found, so OOM kills go unreported", self.id)
+            return
+        try:
+            self.oom = oom.open_watch(*memory_cgroup)
+        except OSError as exc:
+            log.error("container %s: cannot watch %s for OOM kills: %s", self.id, memory_cgroup[1], exc)
+
+    def _on_oom_notice(self) -> None:
+        self.oom.drain()
+        if self._report_oom_kills():
+            self.oom_rechecks_left = 0
+        elif self.oom.version == oom.V1 and self.oom.gone():
+            self._stop_oom_watch()
+        else:
+            self.oom_rechecks_left = OOM_RECHECKS
+            self.oom_recheck_at = time.monotonic() + OOM_RECHECK_SECONDS
+
+    def _recheck_oom(self) -> None:
+        if self.oom is None or not self.oom_rechecks_left or time.monotonic() < self.oom_recheck_at:
+            return
+        self.oom_rechecks_left -= 1
+        self.oom_recheck_at = time.monotonic() + OOM_RECHECK_SECONDS
+        if self._report_oom_kills():
+            self.oom_rechecks_left = 0
+
+    def _report_oom_kills(self) -> int:
+        """Journal one durable record per OOM kill that the cgroup's counter shows since the last check."""
+        fresh = self.oom.new_kills()
+        now = time.time()
+        for count in range(self.oom.reported - fresh + 1, self.oom.reported + 1):
+            log.warning("container %s: the OOM killer ended a process in its cgroup (kill %d)", self.id, count)
+            self.outbox.append({"kind": protocol.RECORD_OOM, "count": count, "at": now, "ts": now}, durable=True)
+        return fresh
+
+    def _stop_oom_watch(self) -> None:
+        """Report kills not reported yet and stop watching; the cgroup's last process is gone."""
+        if self.oom is None:
+            return
+        self._report_oom_kills()
+        self.oom.close()
+        self.oom = None
 
     def _watch_pipe(self, process: Process, fd: int, stream: int) -> None:
         process.pipes[fd] = stream
@@ -307,6 +370,9 @@ class Shim:
             poller.register(self.reaper.read_fd, zmq.POLLIN)
             for fd in self.fd_owner:
                 poller.register(fd, zmq.POLLIN)
+            oom_fd = self.oom.fd if self.oom is not None else -1
+            if oom_fd >= 0:
+                poller.register(oom_fd, zmq.POLLIN)
             writers = {stream.stdin_fd: stream for stream in self.streams.values() if stream.wants_write()}
             for fd in writers:
                 poller.register(fd, zmq.POLLOUT)
@@ -318,8 +384,11 @@ class Shim:
                     self.reaper.drain_wakeups()
                 elif item in writers:
                     writers[item].flush_stdin()
+                elif item == oom_fd and self.oom is not None:
+                    self._on_oom_notice()
                 elif item in self.fd_owner:
                     self._read_pipe(item)
+            self._recheck_oom()
             self._collect_exits()
             self._finish_exits()
             self._pump()
@@ -327,6 +396,8 @@ class Shim:
     def _poll_timeout(self) -> int:
         deadlines = [process.drain_deadline for process in self._processes()
                      if process.exit is not None and not process.reported]
+        if self.oom_rechecks_left and self.oom is not None:
+            deadlines.append(self.oom_recheck_at)
         if not deadlines:
             return 1000
         return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
@@ -397,6 +468,8 @@ class Shim:
         init = self.init
         if init.exit is not None and not init.reported and self._drained(init, now):
             if all(p.reported or p.exit is None and not self._alive(p.pid) for p in self.execs.values()):
+                # The kernel counts a kill before the victim exits, so this read sees the init's own.
+                self._stop_oom_watch()
                 self._report_exit(init, protocol.RECORD_EXIT)
                 self.status = "stopped"
                 self._answer_waiters()
@@ -625,6 +698,7 @@ class Shim:
         if self.status != "failed":
             run_in_worker(self.runtime.delete, self.id, running)
         self.deleted = True
+        self._stop_oom_watch()
         for stream in self.streams.values():
             stream.close_stdin()
         log.info("container %s deleted", self.id)

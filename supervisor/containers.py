@@ -346,6 +346,7 @@ class Manager:
         record.shim_start_time = process_start_time(record.shim_pid)
         record.acked_seq = 0
         record.exit_reason = ""
+        record.oom_kills, record.oom_killed = 0, False
         self.store.save(record)
         container.exit_event = asyncio.Event()
         self._connect(container, record.task_gen)
@@ -582,9 +583,14 @@ class Manager:
             else:
                 self.events.publish(protocol.TOPIC_TASK_EXEC_EXIT, container.id, **payload)
         elif kind == protocol.RECORD_OOM:
-            # TODO: the shim does not watch the cgroup's OOM events yet, so no such record arrives.
-            log.warning("container %s: the OOM killer acted in its cgroup", container.id)
-            self.events.publish(protocol.TOPIC_TASK_OOM, container.id, name=container.record.name)
+            # Saved with the record's sequence number, so a replay never counts it twice.
+            container.record.oom_kills = max(container.record.oom_kills + 1, int(record.get("count", 0)))
+            container.record.acked_seq = max(container.record.acked_seq, record["seq"])
+            self.store.save(container.record)
+            log.warning("container %s: the OOM killer ended a process in its cgroup (%d in this task)",
+                        container.id, container.record.oom_kills)
+            self.events.publish(protocol.TOPIC_TASK_OOM, container.id, name=container.record.name,
+                                count=container.record.oom_kills)
         elif kind == protocol.RECORD_LOSS:
             # Saved with the record's sequence number, so a replay never counts it twice.
             container.record.lost_bytes += record["bytes"]
@@ -603,6 +609,7 @@ class Manager:
         if record.status not in ("running", "created") or record.shim_pid == 0:
             return
         record.exit_code, record.exit_signal = exit_record["code"], exit_record["signal"]
+        record.oom_killed = record.oom_kills > 0
         record.finished_at = exit_record["at"]
         record.pid = 0
         self._transition(container, "exited", protocol.TOPIC_TASK_EXIT, exit_code=record.exit_code,
@@ -1032,7 +1039,8 @@ def _reject_options_with_spec(options) -> None:
     given = [name for name, value in (("command", options.args), ("-e", options.env), ("-w", options.workdir),
                                       ("-u", options.user), ("--hostname", options.hostname),
                                       ("--read-only", options.read_only), ("-v", options.volumes),
-                                      ("--ulimit", options.ulimits), ("--entrypoint", options.entrypoint))
+                                      ("--ulimit", options.ulimits), ("-m", options.memory),
+                                      ("--entrypoint", options.entrypoint))
              if value]
     if given:
         raise InvalidArgument(f"--spec cannot be combined with {', '.join(given)}: put the process, mounts "
