@@ -8,7 +8,7 @@ The shim's poll loop waits on one file descriptor per container:
 * cgroup v2: an inotify watch on ``memory.events``, which the kernel modifies
   on each ``oom`` and ``oom_kill`` event.
 
-Both only say that something may have changed.  The count of kills is the
+Both only signal that something may have changed.  The count of kills is the
 ``oom_kill`` counter (in ``memory.oom_control`` on v1, ``memory.events`` on
 v2), and the v1 notification comes before the kill, so the shim reads the
 counter again just before it reports the init's exit.

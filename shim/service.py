@@ -320,7 +320,8 @@ class Shim:
         try:
             self.oom = oom.open_watch(*memory_cgroup)
         except OSError as exc:
-            log.error("container %s: cannot watch %s for OOM kills: %s", self.id, memory_cgroup[1], exc)
+            log.error("container %s: failed to watch %s for OOM kills, so they go unreported: %s",
+                      self.id, memory_cgroup[1], exc)
 
     def _on_oom_notice(self) -> None:
         self.oom.drain()
@@ -350,7 +351,7 @@ class Shim:
         return fresh
 
     def _stop_oom_watch(self) -> None:
-        """Report kills not reported yet and stop watching; the cgroup's last process is gone."""
+        """Report the kills not reported yet and stop watching, once the cgroup's processes are gone."""
         if self.oom is None:
             return
         self._report_oom_kills()
@@ -468,7 +469,7 @@ class Shim:
         init = self.init
         if init.exit is not None and not init.reported and self._drained(init, now):
             if all(p.reported or p.exit is None and not self._alive(p.pid) for p in self.execs.values()):
-                # The kernel counts a kill before the victim exits, so this read sees the init's own.
+                # The kernel counts a kill before the victim exits, so this read includes a kill of the init.
                 self._stop_oom_watch()
                 self._report_exit(init, protocol.RECORD_EXIT)
                 self.status = "stopped"

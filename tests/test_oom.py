@@ -86,14 +86,14 @@ def test_run_memory_sets_cgroup_limit(moord):
 
 # -- finding the cgroup ----------------------------------------------------------------------
 
-def test_find_memory_cgroup_v2_falls_back_to_cgroups_path():
+def test_find_cgroup_v2_uses_spec_path():
     # pid 0 has no /proc entry, so the spec's path is what is left.
     found = oom.find_memory_cgroup(0, f"/moorage/{V2_ID}", str(V2_TREES / "limited"))
 
     assert found == (oom.V2, str(V2_TREES / "limited" / "moorage" / V2_ID))
 
 
-def test_find_memory_cgroup_none_without_memory_controller(tmp_path):
+def test_find_cgroup_none_without_memory(tmp_path):
     assert oom.find_memory_cgroup(0, "/moorage/x", str(tmp_path)) is None
 
 
@@ -131,11 +131,11 @@ def v2_watch(v2_cgroup):
     watch.close()
 
 
-def test_v2_watch_quiet_until_memory_events_changes(v2_watch):
+def test_v2_watch_quiet_before_change(v2_watch):
     assert not readable(v2_watch.fd)
 
 
-def test_v2_watch_readable_after_memory_events_changes(v2_watch, v2_cgroup):
+def test_v2_watch_readable_after_change(v2_watch, v2_cgroup):
     set_oom_kills(v2_cgroup, 1)
 
     assert wait_until(lambda: readable(v2_watch.fd), 5, message="an inotify event")
@@ -206,7 +206,7 @@ def test_oom_inspect_shows_oom_killed(moord):
 
 @root_only
 @cgroup_v1_only
-def test_no_oom_inspect_shows_oom_killed_false(moord):
+def test_no_oom_oom_killed_false(moord):
     moord.moor("run", "--name", "no-oom", "-m", "16m", "busybox", "true")
 
     state = moord.wait_status("no-oom", "exited")["State"]
@@ -217,7 +217,7 @@ def test_no_oom_inspect_shows_oom_killed_false(moord):
 
 @root_only
 @cgroup_v1_only
-def test_oom_of_child_reported_while_init_runs(moord):
+def test_oom_child_reported_while_running(moord):
     sub = subscribed(moord)
     moord.moor("run", "-d", "--name", "oom-child", "-m", "16m", "busybox", "sh", "-c", f"{CHILD_OOM}; sleep 300")
 
@@ -242,7 +242,7 @@ def test_oom_killed_reset_at_next_start(moord):
 
 @root_only
 @cgroup_v1_only
-def test_oom_not_counted_twice_after_moord_restart(moord):
+def test_oom_counted_once_after_restart(moord):
     sub = subscribed(moord)
     container_id = moord.moor("run", "-d", "--name", "oom-replay", "-m", "16m", "busybox", "sh", "-c",
                               f"{CHILD_OOM}; sleep 300").stdout.decode().strip()

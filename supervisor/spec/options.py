@@ -15,7 +15,7 @@ VOLUME_FORM = "HOST:CONTAINER[:ro|rw]"
 ULIMIT_FORM = "NAME=SOFT[:HARD], for example nofile=1024:4096"
 MEMORY_FORM = "a number with an optional unit b, k, m or g, for example 512m"
 
-# docker's smallest memory limit; runc fails later, less clearly, below what the kernel allows.
+# The smallest memory limit that docker accepts, so that a limit docker rejects is rejected here too.
 MEMORY_MIN_BYTES = 6 * 1024 * 1024
 _MEMORY = re.compile(r"([0-9]+)([bkmg]?)", re.IGNORECASE)
 _MEMORY_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
