@@ -13,8 +13,9 @@ Both only signal that something may have changed.  The count of kills is the
 v2), and the v1 notification comes before the kill, so the shim reads the
 counter again just before it reports the init's exit.
 
-Finding the cgroup reads /proc/PID/cgroup and runs in the create worker; the
-watch itself costs the long-lived shim one or two file descriptors.
+The shim opens the fd before it forks the create worker.  The worker finds
+the cgroup in /proc/PID/cgroup and registers the inherited fd, so the
+long-lived shim keeps one file descriptor and a few attributes per container.
 """
 
 from __future__ import annotations
@@ -63,10 +64,14 @@ def find_memory_cgroup(pid: int, cgroups_path: str | None = None,
 
 def read_oom_kills(version: str, folder: str) -> int | None:
     """Return the ``oom_kill`` counter of a memory cgroup, or None when it cannot be read."""
+    # os calls and not open(): a file object would run more Python code in every shim.
     name = "memory.oom_control" if version == V1 else "memory.events"
     try:
-        with open(os.path.join(folder, name), "rb") as handle:
-            text = handle.read()
+        fd = os.open(os.path.join(folder, name), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 4096)
+        finally:
+            os.close(fd)
     except OSError:
         return None
     for line in text.splitlines():
@@ -76,77 +81,62 @@ def read_oom_kills(version: str, folder: str) -> int | None:
     return None
 
 
-class OomWatch:
-    """One memory cgroup's OOM notifications and the number of kills already reported."""
-
-    def __init__(self, version: str, folder: str, fd: int):
-        self.version = version
-        self.folder = folder
-        self.fd = fd
-        self.reported = 0
-
-    def __repr__(self) -> str:
-        state = "closed" if self.fd < 0 else f"fd={self.fd}"
-        return f"<OomWatch {self.version} {self.folder} {state} reported={self.reported}>"
-
-    def drain(self) -> None:
-        """Consume the pending notification so that the fd is not readable again until the next one."""
-        try:
-            while os.read(self.fd, 4096):
-                if self.version == V1:
-                    break
-        except (BlockingIOError, OSError):
-            pass
-
-    def new_kills(self) -> int:
-        """Return how many kills happened since the last call; the counter starts at 0 with the cgroup."""
-        count = read_oom_kills(self.version, self.folder)
-        if count is None or count <= self.reported:
-            return 0
-        fresh, self.reported = count - self.reported, count
-        return fresh
-
-    def gone(self) -> bool:
-        """Tell whether the cgroup was removed, which also wakes a v1 eventfd."""
-        return not os.path.isdir(self.folder)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-
-def open_watch(version: str, folder: str) -> OomWatch:
-    """Start watching the memory cgroup at ``folder``; raise OSError when the kernel refuses."""
-    if version == V1:
-        return OomWatch(V1, folder, _register_v1(folder))
-    return OomWatch(V2, folder, _watch_v2(os.path.join(folder, "memory.events")))
-
-
-def _register_v1(folder: str) -> int:
-    event_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+def drain(fd: int, version: str) -> None:
+    """Consume the pending notification so that ``fd`` is not readable again until the next one."""
     try:
-        control_fd = os.open(os.path.join(folder, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            # The kernel keeps the registration with the eventfd, so the control file can be closed.
-            with open(os.path.join(folder, "cgroup.event_control"), "w") as handle:
-                handle.write(f"{event_fd} {control_fd}")
-        finally:
-            os.close(control_fd)
+        while os.read(fd, 4096):
+            if version == V1:
+                break
     except OSError:
-        os.close(event_fd)
-        raise
-    return event_fd
+        pass
 
 
-def _watch_v2(path: str) -> int:
-    # ctypes is already loaded by the launcher (for prctl), so this adds no module to the shim.
+def host_version(root: str = CGROUP_ROOT) -> str:
+    """Return V2 on a host that mounts only the unified hierarchy, else V1 (the legacy or hybrid layout)."""
+    return V2 if os.path.exists(os.path.join(root, "cgroup.controllers")) else V1
+
+
+def new_notifier(version: str) -> int:
+    """Open the fd that OOM notices will wake: an eventfd for v1, an inotify instance for v2.
+
+    The shim opens it before it forks the create worker, which inherits it and
+    registers it with ``register``, so the long-lived shim runs no more than
+    this call.
+    """
+    if version == V1:
+        return os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
     libc = reaper.libc()
     fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
     if fd < 0:
-        raise OSError(reaper.last_errno(), f"inotify_init1 failed for {path}")
-    if libc.inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY) < 0:
-        error = reaper.last_errno()
-        os.close(fd)
-        raise OSError(error, f"inotify_add_watch failed for {path}", path)
+        raise OSError(reaper.last_errno(), "inotify_init1 failed")
     return fd
+
+
+def register(version: str, folder: str, fd: int) -> None:
+    """Make the memory cgroup at ``folder`` wake ``fd`` from ``new_notifier``; raise OSError on failure."""
+    if version == V1:
+        _register_v1(folder, fd)
+    else:
+        _watch_v2(os.path.join(folder, "memory.events"), fd)
+
+
+def _register_v1(folder: str, event_fd: int) -> None:
+    control_fd = os.open(os.path.join(folder, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # The kernel keeps the registration with the eventfd, so the control file can be closed, and so
+        # can this process's copy of the eventfd while another process keeps it open.
+        with open(os.path.join(folder, "cgroup.event_control"), "w") as handle:
+            handle.write(f"{event_fd} {control_fd}")
+    finally:
+        os.close(control_fd)
+
+
+def _watch_v2(path: str, fd: int) -> None:
+    # ctypes is already loaded by the launcher (for prctl), so this adds no module to the shim.
+    if reaper.libc().inotify_add_watch(fd, os.fsencode(path), _IN_MODIFY) < 0:
+        error = reaper.last_errno()
+        raise OSError(error, f"inotify_add_watch failed for {path}", path)
+
+
+# Read once in the launcher, before it forks the shims.
+HOST_VERSION = host_version()

@@ -181,7 +181,10 @@ class Shim:
         self.start_waiter: tuple[bytes, object] | None = None
         self.attach_started = False
         self.console_count = 0
-        self.oom: oom.OomWatch | None = None
+        # Plain attributes and not an object, to keep the code that every shim runs small.
+        self.oom_fd = -1
+        self.oom_folder = ""
+        self.oom_reported = 0
         self.oom_recheck_at = 0.0
         self.oom_rechecks_left = 0
 
@@ -221,6 +224,7 @@ class Shim:
 
     def _begin_create(self) -> tuple[ProcessStdio | None, tuple[int, int] | None, StartFailed | None]:
         stdio = None
+        self._open_oom_notifier()
         try:
             stdio = open_stdio(self.config.stdin, self.config.tty, os.path.join(self.folder, "tty.sock"))
             return stdio, start_worker(self._create_container, stdio.for_runtime(), stdio.console_path()), None
@@ -242,13 +246,17 @@ class Shim:
                 stdio.close_all()
             if init_pid:
                 run_in_worker(self.runtime.delete, self.id, True)
+            self._close_oom_notifier()
             return
 
         self._adopt_stdio(self.init, stdio)
         self.init.pid = init_pid
         self.status = "created"
         log.info("container %s created, init pid %d", self.id, self.init.pid)
-        self._watch_oom(memory_cgroup)
+        if memory_cgroup is None:
+            self._close_oom_notifier()
+        else:
+            self.oom_folder = memory_cgroup
         if not self.config.start:
             return
         if start_error is None:
@@ -268,12 +276,12 @@ class Shim:
         stdio.close_child_ends()
 
     def _create_container(self, stdio: tuple[int, int, int],
-                          console_socket: str | None) -> tuple[int, dict | None, tuple[str, str] | None]:
+                          console_socket: str | None) -> tuple[int, dict | None, str | None]:
         """Run the runtime's ``create`` (and ``start`` if configured) in a worker process.
 
         Returns the init pid, the start's error in its wire form when the
-        start failed after the create worked, and the init's memory cgroup as
-        ``(version, folder)``.
+        start failed after the create worked, and the folder of the init's memory
+        cgroup when the OOM notifier is registered with it.
         """
         pid_file = os.path.join(self.folder, "init.pid")
         self.runtime.create(self.id, self.config.bundle, pid_file, stdio, console_socket)
@@ -281,7 +289,7 @@ class Shim:
             pid = int(handle.read())
         spec = self._read_spec()
         self._setup_loopback(pid, spec)
-        memory_cgroup = oom.find_memory_cgroup(pid, (spec.get("linux") or {}).get("cgroupsPath"))
+        memory_cgroup = self._register_oom_notifier(pid, spec) if self.oom_fd >= 0 else None
         if self.config.start:
             try:
                 self.runtime.start(self.id)
@@ -313,28 +321,39 @@ class Shim:
 
     # -- OOM kills --------------------------------------------------------
 
-    def _watch_oom(self, memory_cgroup: tuple[str, str] | None) -> None:
-        if memory_cgroup is None:
-            log.warning("container %s: no memory cgroup found, so OOM kills go unreported", self.id)
-            return
+    def _open_oom_notifier(self) -> None:
         try:
-            self.oom = oom.open_watch(*memory_cgroup)
+            self.oom_fd = oom.new_notifier(oom.HOST_VERSION)
+        except OSError as exc:
+            log.error("container %s: failed to open an OOM notifier, so OOM kills go unreported: %s", self.id, exc)
+
+    def _register_oom_notifier(self, pid: int, spec: dict) -> str | None:
+        """Register the inherited notifier with the init's memory cgroup and return its folder (in the create worker)."""
+        memory_cgroup = oom.find_memory_cgroup(pid, (spec.get("linux") or {}).get("cgroupsPath"))
+        if memory_cgroup is None or memory_cgroup[0] != oom.HOST_VERSION:
+            log.warning("container %s: no cgroup %s memory controller found, so OOM kills go unreported",
+                        self.id, oom.HOST_VERSION)
+            return None
+        try:
+            oom.register(oom.HOST_VERSION, memory_cgroup[1], self.oom_fd)
         except OSError as exc:
             log.error("container %s: failed to watch %s for OOM kills, so they go unreported: %s",
                       self.id, memory_cgroup[1], exc)
+            return None
+        return memory_cgroup[1]
 
     def _on_oom_notice(self) -> None:
-        self.oom.drain()
+        oom.drain(self.oom_fd, oom.HOST_VERSION)
         if self._report_oom_kills():
             self.oom_rechecks_left = 0
-        elif self.oom.version == oom.V1 and self.oom.gone():
-            self._stop_oom_watch()
+        elif oom.HOST_VERSION == oom.V1 and not os.path.isdir(self.oom_folder):
+            self._stop_oom_watch()  # the cgroup was removed, which also wakes the eventfd
         else:
             self.oom_rechecks_left = OOM_RECHECKS
             self.oom_recheck_at = time.monotonic() + OOM_RECHECK_SECONDS
 
     def _recheck_oom(self) -> None:
-        if self.oom is None or not self.oom_rechecks_left or time.monotonic() < self.oom_recheck_at:
+        if time.monotonic() < self.oom_recheck_at:
             return
         self.oom_rechecks_left -= 1
         self.oom_recheck_at = time.monotonic() + OOM_RECHECK_SECONDS
@@ -343,20 +362,28 @@ class Shim:
 
     def _report_oom_kills(self) -> int:
         """Journal one durable record per OOM kill that the cgroup's counter shows since the last check."""
-        fresh = self.oom.new_kills()
+        count = oom.read_oom_kills(oom.HOST_VERSION, self.oom_folder)
+        if count is None or count <= self.oom_reported:
+            return 0
         now = time.time()
-        for count in range(self.oom.reported - fresh + 1, self.oom.reported + 1):
-            log.warning("container %s: the OOM killer ended a process in its cgroup (kill %d)", self.id, count)
-            self.outbox.append({"kind": protocol.RECORD_OOM, "count": count, "at": now, "ts": now}, durable=True)
+        for number in range(self.oom_reported + 1, count + 1):
+            log.warning("container %s: the OOM killer ended a process in its cgroup (kill %d)", self.id, number)
+            self.outbox.append({"kind": protocol.RECORD_OOM, "count": number, "at": now, "ts": now}, durable=True)
+        fresh, self.oom_reported = count - self.oom_reported, count
         return fresh
 
     def _stop_oom_watch(self) -> None:
         """Report the kills not reported yet and stop watching, once the cgroup's processes are gone."""
-        if self.oom is None:
+        if self.oom_fd < 0:
             return
         self._report_oom_kills()
-        self.oom.close()
-        self.oom = None
+        self._close_oom_notifier()
+
+    def _close_oom_notifier(self) -> None:
+        if self.oom_fd >= 0:
+            os.close(self.oom_fd)
+        self.oom_fd = -1
+        self.oom_rechecks_left = 0
 
     def _watch_pipe(self, process: Process, fd: int, stream: int) -> None:
         process.pipes[fd] = stream
@@ -371,9 +398,8 @@ class Shim:
             poller.register(self.reaper.read_fd, zmq.POLLIN)
             for fd in self.fd_owner:
                 poller.register(fd, zmq.POLLIN)
-            oom_fd = self.oom.fd if self.oom is not None else -1
-            if oom_fd >= 0:
-                poller.register(oom_fd, zmq.POLLIN)
+            if self.oom_fd >= 0:
+                poller.register(self.oom_fd, zmq.POLLIN)
             writers = {stream.stdin_fd: stream for stream in self.streams.values() if stream.wants_write()}
             for fd in writers:
                 poller.register(fd, zmq.POLLOUT)
@@ -385,11 +411,12 @@ class Shim:
                     self.reaper.drain_wakeups()
                 elif item in writers:
                     writers[item].flush_stdin()
-                elif item == oom_fd and self.oom is not None:
+                elif item == self.oom_fd:
                     self._on_oom_notice()
                 elif item in self.fd_owner:
                     self._read_pipe(item)
-            self._recheck_oom()
+            if self.oom_rechecks_left:
+                self._recheck_oom()
             self._collect_exits()
             self._finish_exits()
             self._pump()
@@ -397,7 +424,7 @@ class Shim:
     def _poll_timeout(self) -> int:
         deadlines = [process.drain_deadline for process in self._processes()
                      if process.exit is not None and not process.reported]
-        if self.oom_rechecks_left and self.oom is not None:
+        if self.oom_rechecks_left:
             deadlines.append(self.oom_recheck_at)
         if not deadlines:
             return 1000

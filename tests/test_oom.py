@@ -125,58 +125,55 @@ def readable(fd: int) -> bool:
 
 
 @pytest.fixture
-def v2_watch(v2_cgroup):
-    watch = oom.open_watch(oom.V2, str(v2_cgroup))
-    yield watch
-    watch.close()
+def v2_notifier(v2_cgroup):
+    """An inotify fd registered with the copied cgroup, as the shim's create worker registers it."""
+    fd = oom.new_notifier(oom.V2)
+    oom.register(oom.V2, str(v2_cgroup), fd)
+    yield fd
+    os.close(fd)
 
 
-def test_v2_watch_quiet_before_change(v2_watch):
-    assert not readable(v2_watch.fd)
+def test_v2_notifier_quiet_before_change(v2_notifier):
+    assert not readable(v2_notifier)
 
 
-def test_v2_watch_readable_after_change(v2_watch, v2_cgroup):
+def test_v2_notifier_readable_after_change(v2_notifier, v2_cgroup):
     set_oom_kills(v2_cgroup, 1)
 
-    assert wait_until(lambda: readable(v2_watch.fd), 5, message="an inotify event")
+    assert wait_until(lambda: readable(v2_notifier), 5, message="an inotify event")
 
 
-def test_v2_watch_counts_new_kills(v2_watch, v2_cgroup):
+def test_v2_notifier_drain_clears_readiness(v2_notifier, v2_cgroup):
     set_oom_kills(v2_cgroup, 1)
-    wait_until(lambda: readable(v2_watch.fd), 5, message="an inotify event")
-    v2_watch.drain()
+    wait_until(lambda: readable(v2_notifier), 5, message="an inotify event")
 
-    assert v2_watch.new_kills() == 1
+    oom.drain(v2_notifier, oom.V2)
+
+    assert not readable(v2_notifier)
 
 
-def test_v2_watch_counts_each_kill_once(v2_watch, v2_cgroup):
-    set_oom_kills(v2_cgroup, 1)
-    v2_watch.new_kills()
+def test_v2_counter_read_after_change(v2_notifier, v2_cgroup):
     set_oom_kills(v2_cgroup, 3)
+    wait_until(lambda: readable(v2_notifier), 5, message="an inotify event")
 
-    assert v2_watch.new_kills() == 2
-    assert v2_watch.new_kills() == 0
-
-
-def test_v2_watch_drain_clears_readiness(v2_watch, v2_cgroup):
-    set_oom_kills(v2_cgroup, 1)
-    wait_until(lambda: readable(v2_watch.fd), 5, message="an inotify event")
-
-    v2_watch.drain()
-
-    assert not readable(v2_watch.fd)
+    assert oom.read_oom_kills(oom.V2, str(v2_cgroup)) == 3
 
 
-def test_v2_watch_missing_file_raises(tmp_path):
-    with pytest.raises(OSError):
-        oom.open_watch(oom.V2, str(tmp_path))
+def test_v2_register_missing_file_raises(tmp_path):
+    fd = oom.new_notifier(oom.V2)
+    try:
+        with pytest.raises(OSError):
+            oom.register(oom.V2, str(tmp_path), fd)
+    finally:
+        os.close(fd)
 
 
-def test_watch_close_is_idempotent(v2_watch):
-    v2_watch.close()
-    v2_watch.close()
+def test_host_version_v2_recorded_tree():
+    assert oom.host_version(str(V2_TREES / "limited")) == oom.V2
 
-    assert v2_watch.fd == -1
+
+def test_host_version_v1_without_controllers_file(tmp_path):
+    assert oom.host_version(str(tmp_path)) == oom.V1
 
 
 # -- cgroup v1, real containers ---------------------------------------------------------------
