@@ -37,7 +37,7 @@ INIT_DRAIN_SECONDS = 2.0
 FINISHED_EXEC_STREAMS = 16
 _SIGKILL = 9
 EXEC_DRAIN_SECONDS = 0.1
-# cgroup v1 signals an OOM before the kill is counted, so a notice that finds no new kill is read again.
+# cgroup v1 can signal an OOM before the kill is counted, so a notice that finds no new kill is read again.
 OOM_RECHECK_SECONDS = 0.05
 OOM_RECHECKS = 20
 _EXEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
