@@ -7,6 +7,7 @@ whose memory.events the test rewrites as the kernel would.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -18,6 +19,7 @@ from conftest import wait_until
 from test_events import collect_events
 from shim import oom
 from shim.protocol import InvalidArgument
+from supervisor.ocispec import RunOptions, build_spec
 from supervisor.spec.options import parse_memory
 from test_plugins_helpers import install_plugin, next_event, start_with_plugins, subscribed
 
@@ -62,6 +64,36 @@ def test_parse_memory_rejects(text, words):
 
     assert repr(text) in caught.value.message
     assert words in caught.value.message
+
+
+def spec_with(tmp_path, options: RunOptions) -> dict:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True, exist_ok=True)
+    return build_spec({}, options, rootfs=str(rootfs), container_id="memory", hostname="box",
+                      cgroups_path="/moorage/memory")
+
+
+def test_build_spec_memory_limit(tmp_path):
+    spec = spec_with(tmp_path, RunOptions(args=("true",), memory="16m"))
+
+    assert spec["linux"]["resources"]["memory"] == {"limit": 16 * MIB}
+
+
+def test_build_spec_no_memory_by_default(tmp_path):
+    spec = spec_with(tmp_path, RunOptions(args=("true",)))
+
+    assert "memory" not in spec["linux"]["resources"]
+
+
+@root_only
+def test_run_memory_with_spec_rejected(moord, tmp_path):
+    spec_file = tmp_path / "config.json"
+    spec_file.write_text(json.dumps(spec_with(tmp_path, RunOptions(args=("true",)))))
+
+    result = moord.moor("run", "-m", "16m", "--spec", str(spec_file), "busybox", check=False)
+
+    assert result.returncode != 0
+    assert b"-m" in result.stderr
 
 
 @root_only
