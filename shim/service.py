@@ -346,7 +346,9 @@ class Shim:
         oom.drain(self.oom_fd, oom.HOST_VERSION)
         if self._report_oom_kills():
             self.oom_rechecks_left = 0
-        elif oom.HOST_VERSION == oom.V1 and not os.path.isdir(self.oom_folder):
+        elif oom.HOST_VERSION == oom.V2:
+            return  # memory.events changes for other events too, and again when a kill is counted
+        elif not os.path.isdir(self.oom_folder):
             self._stop_oom_watch()  # the cgroup was removed, which also wakes the eventfd
         else:
             self.oom_rechecks_left = OOM_RECHECKS
