@@ -11,8 +11,8 @@ The shim's poll loop waits on one file descriptor per container:
 Both only signal that something may have changed.  The count of kills is the
 ``oom_kill`` counter (in ``memory.oom_control`` on v1, ``memory.events`` on
 v2).  The v1 notification comes when the cgroup runs out of memory, which
-can be before the kill is counted, so the shim reads the counter again a few
-times after a notice and once more before it reports the init's exit.
+can be before the kill is counted, so the shim reads the counter again for a
+few seconds after a notice and once more before it reports the init's exit.
 
 The shim opens the fd before it forks the create worker.  The worker finds
 the cgroup in /proc/PID/cgroup and registers the inherited fd, so the

@@ -37,9 +37,11 @@ INIT_DRAIN_SECONDS = 2.0
 FINISHED_EXEC_STREAMS = 16
 _SIGKILL = 9
 EXEC_DRAIN_SECONDS = 0.1
-# cgroup v1 can signal an OOM before the kill is counted, so a notice that finds no new kill is read again.
-OOM_RECHECK_SECONDS = 0.05
-OOM_RECHECKS = 20
+# cgroup v1 can signal an OOM before the kill is counted, and one notice can stand for several kills,
+# so the counter is read again every 0.1 s for 5 s after a notice.
+# NOTE: a v1 kill that comes later than that without a notice of its own is reported when the init exits.
+OOM_RECHECK_SECONDS = 0.1
+OOM_RECHECKS = 50
 _EXEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Plain ints for the receive path: combining pyzmq's enum constants runs enum code in Python.
 _POLLIN = int(zmq.POLLIN)
@@ -344,23 +346,21 @@ class Shim:
 
     def _on_oom_notice(self) -> None:
         oom.drain(self.oom_fd, oom.HOST_VERSION)
-        if self._report_oom_kills():
-            self.oom_rechecks_left = 0
-        elif oom.HOST_VERSION == oom.V2:
-            return  # memory.events changes for other events too, and again when a kill is counted
-        elif not os.path.isdir(self.oom_folder):
+        found = self._report_oom_kills()
+        if oom.HOST_VERSION == oom.V2:
+            return  # memory.events changes again for each kill that the kernel counts
+        if not found and not os.path.isdir(self.oom_folder):
             self._stop_oom_watch()  # the cgroup was removed, which also wakes the eventfd
-        else:
-            self.oom_rechecks_left = OOM_RECHECKS
-            self.oom_recheck_at = time.monotonic() + OOM_RECHECK_SECONDS
+            return
+        self.oom_rechecks_left = OOM_RECHECKS
+        self.oom_recheck_at = time.monotonic() + OOM_RECHECK_SECONDS
 
     def _recheck_oom(self) -> None:
         if time.monotonic() < self.oom_recheck_at:
             return
         self.oom_rechecks_left -= 1
         self.oom_recheck_at = time.monotonic() + OOM_RECHECK_SECONDS
-        if self._report_oom_kills():
-            self.oom_rechecks_left = 0
+        self._report_oom_kills()
 
     def _report_oom_kills(self) -> int:
         """Journal one durable record per OOM kill that the cgroup's counter shows since the last check."""

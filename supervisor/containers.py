@@ -584,7 +584,9 @@ class Manager:
                 self.events.publish(protocol.TOPIC_TASK_EXEC_EXIT, container.id, **payload)
         elif kind == protocol.RECORD_OOM:
             # Saved with the record's sequence number, so a replay never counts it twice.
-            container.record.oom_kills = max(container.record.oom_kills + 1, int(record.get("count", 0)))
+            # The shim numbers the kills of its task, so a record seen twice never raises the count.
+            count = int(record.get("count") or container.record.oom_kills + 1)
+            container.record.oom_kills = max(container.record.oom_kills, count)
             container.record.acked_seq = max(container.record.acked_seq, record["seq"])
             self.store.save(container.record)
             log.warning("container %s: the OOM killer ended a process in its cgroup (%d in this task)",
