@@ -37,7 +37,7 @@ INIT_DRAIN_SECONDS = 2.0
 FINISHED_EXEC_STREAMS = 16
 _SIGKILL = 9
 EXEC_DRAIN_SECONDS = 0.1
-# cgroup v1 can signal an OOM before the kill is counted, and one notice can stand for several kills,
+# cgroup v1 can signal an OOM before the kill is counted, and one notice may stand for several kills,
 # so the counter is read again every 0.1 s for 5 s after a notice.
 # NOTE: a v1 kill that comes later than that without a notice of its own is reported when the init exits.
 OOM_RECHECK_SECONDS = 0.1
