@@ -24,15 +24,27 @@ PR_SET_CHILD_SUBREAPER = 36
 _MAX_UNCLAIMED = 4096
 
 
-# libc's prctl, loaded once in the launcher because loading it in each shim costs memory.
+# libc and its prctl, loaded once in the launcher because loading them in each shim costs memory.
+_libc = None
 _prctl = None
 
 
 def prepare() -> None:
     """Load libc's prctl; the launcher calls this before it forks, so shims share it."""
-    global _prctl
+    global _libc, _prctl
     if _prctl is None:
-        _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _prctl = _libc.prctl
+
+
+def libc() -> ctypes.CDLL:
+    """Return the libc handle that ``prepare`` loaded, for calls that os does not offer."""
+    prepare()
+    return _libc
+
+
+def last_errno() -> int:
+    return ctypes.get_errno()
 
 
 def become_subreaper() -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import zmq
 
-from shim import console, protocol
+from shim import console, oom, protocol
 from shim.netns import has_new_network_namespace, loopback_up
 from shim.outbox import Outbox
 from shim.protocol import (FailedPrecondition, InvalidArgument, MoorError, NotFound,
@@ -37,6 +37,11 @@ INIT_DRAIN_SECONDS = 2.0
 FINISHED_EXEC_STREAMS = 16
 _SIGKILL = 9
 EXEC_DRAIN_SECONDS = 0.1
+# cgroup v1 can signal an OOM before the kill is counted, and one notice may stand for several kills,
+# so the counter is read again every 0.1 s for 5 s after a notice.
+# NOTE: a v1 kill that comes later than that without a notice of its own is reported when the init exits.
+OOM_RECHECK_SECONDS = 0.1
+OOM_RECHECKS = 50
 _EXEC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Plain ints for the receive path: combining pyzmq's enum constants runs enum code in Python.
 _POLLIN = int(zmq.POLLIN)
@@ -181,6 +186,12 @@ class Shim:
         self.start_waiter: tuple[bytes, object] | None = None
         self.attach_started = False
         self.console_count = 0
+        # Plain attributes and not an object, to keep the code that every shim runs small.
+        self.oom_fd = -1
+        self.oom_folder = ""
+        self.oom_reported = 0
+        self.oom_recheck_at = 0.0
+        self.oom_rechecks_left = 0
 
     # -- start-up ---------------------------------------------------------
 
@@ -218,6 +229,7 @@ class Shim:
 
     def _begin_create(self) -> tuple[ProcessStdio | None, tuple[int, int] | None, StartFailed | None]:
         stdio = None
+        self._open_oom_notifier()
         try:
             stdio = open_stdio(self.config.stdin, self.config.tty, os.path.join(self.folder, "tty.sock"))
             return stdio, start_worker(self._create_container, stdio.for_runtime(), stdio.console_path()), None
@@ -226,11 +238,11 @@ class Shim:
 
     def _finish_create(self, stdio: ProcessStdio | None, worker: tuple[int, int] | None,
                        failure: StartFailed | None) -> None:
-        init_pid, start_error = 0, None
+        init_pid, start_error, memory_cgroup = 0, None, None
         try:
             if failure is not None:
                 raise failure
-            init_pid, start_error = finish_worker(worker)
+            init_pid, start_error, memory_cgroup = finish_worker(worker)
             receive_terminal(stdio)
         except StartFailed as exc:
             log.error("create of container %s failed: %s", self.id, exc.message)
@@ -239,12 +251,17 @@ class Shim:
                 stdio.close_all()
             if init_pid:
                 run_in_worker(self.runtime.delete, self.id, True)
+            self._close_oom_notifier()
             return
 
         self._adopt_stdio(self.init, stdio)
         self.init.pid = init_pid
         self.status = "created"
         log.info("container %s created, init pid %d", self.id, self.init.pid)
+        if memory_cgroup is None:
+            self._close_oom_notifier()
+        else:
+            self.oom_folder = memory_cgroup
         if not self.config.start:
             return
         if start_error is None:
@@ -263,23 +280,33 @@ class Shim:
             self.streams[key] = Stream(self.id, key, stdio.tty, stdio.take_stdin(), self._send_attached)
         stdio.close_child_ends()
 
-    def _create_container(self, stdio: tuple[int, int, int], console_socket: str | None) -> tuple[int, dict | None]:
+    def _create_container(self, stdio: tuple[int, int, int],
+                          console_socket: str | None) -> tuple[int, dict | None, str | None]:
         """Run the runtime's ``create`` (and ``start`` if configured) in a worker process.
 
-        Returns the init pid and, when the start failed after the create
-        worked, the start's error in its wire form.
+        Returns the init pid, the start's error in its wire form when the
+        start failed after the create worked, and the folder of the init's memory
+        cgroup when the OOM notifier is registered with it.
         """
         pid_file = os.path.join(self.folder, "init.pid")
         self.runtime.create(self.id, self.config.bundle, pid_file, stdio, console_socket)
         with open(pid_file) as handle:
             pid = int(handle.read())
-        self._setup_loopback(pid)
+        read: list[dict] = []
+
+        def spec() -> dict:
+            # Parsing config.json costs the start about 1.5 ms, so only when moord's config does not say enough.
+            if not read:
+                read.append(self._read_spec())
+            return read[0]
+        self._setup_loopback(pid, spec)
+        memory_cgroup = self._register_oom_notifier(pid, spec) if self.oom_fd >= 0 else None
         if self.config.start:
             try:
                 self.runtime.start(self.id)
             except MoorError as exc:
-                return pid, exc.to_wire()
-        return pid, None
+                return pid, exc.to_wire(), memory_cgroup
+        return pid, None, memory_cgroup
 
     def _mark_started(self) -> None:
         self.status = "running"
@@ -288,16 +315,92 @@ class Shim:
         if exit_ is not None:
             self._mark_exited(self.init, exit_)
 
-    def _setup_loopback(self, pid: int) -> None:
+    def _read_spec(self) -> dict:
+        try:
+            with open(os.path.join(self.config.bundle, "config.json"), "rb") as handle:
+                return json.loads(handle.read())
+        except (OSError, ValueError) as exc:
+            log.error("container %s: could not read its config.json: %s", self.id, exc)
+            return {}
+
+    def _setup_loopback(self, pid: int, spec) -> None:
+        """Set lo up when the runtime made a new network namespace; ``spec`` returns the spec if needed."""
         try:
             wanted = self.config.loopback
             if wanted is None:
-                with open(os.path.join(self.config.bundle, "config.json"), "rb") as handle:
-                    wanted = has_new_network_namespace(json.loads(handle.read()))
+                wanted = has_new_network_namespace(spec())
             if wanted:
                 loopback_up(pid)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             log.error("container %s: could not bring up lo in its network namespace: %s", self.id, exc)
+
+    # -- OOM kills --------------------------------------------------------
+
+    def _open_oom_notifier(self) -> None:
+        try:
+            self.oom_fd = oom.new_notifier(oom.HOST_VERSION)
+        except OSError as exc:
+            log.error("container %s: failed to open an OOM notifier, so OOM kills go unreported: %s", self.id, exc)
+
+    def _register_oom_notifier(self, pid: int, spec) -> str | None:
+        """Register the inherited notifier with the init's memory cgroup and return its folder (in the create worker)."""
+        memory_cgroup = oom.find_memory_cgroup(pid)
+        if memory_cgroup is None:  # the init is already gone: the spec's path is the fallback
+            memory_cgroup = oom.find_memory_cgroup(pid, (spec().get("linux") or {}).get("cgroupsPath"))
+        if memory_cgroup is None or memory_cgroup[0] != oom.HOST_VERSION:
+            log.warning("container %s: no cgroup %s memory controller found, so OOM kills go unreported",
+                        self.id, oom.HOST_VERSION)
+            return None
+        try:
+            oom.register(oom.HOST_VERSION, memory_cgroup[1], self.oom_fd)
+        except OSError as exc:
+            log.error("container %s: failed to watch %s for OOM kills, so they go unreported: %s",
+                      self.id, memory_cgroup[1], exc)
+            return None
+        return memory_cgroup[1]
+
+    def _on_oom_notice(self) -> None:
+        oom.drain(self.oom_fd, oom.HOST_VERSION)
+        found = self._report_oom_kills()
+        if oom.HOST_VERSION == oom.V2:
+            return  # memory.events changes again for each kill that the kernel counts
+        if not found and not os.path.isdir(self.oom_folder):
+            self._stop_oom_watch()  # the cgroup was removed, which also wakes the eventfd
+            return
+        self.oom_rechecks_left = OOM_RECHECKS
+        self.oom_recheck_at = time.monotonic() + OOM_RECHECK_SECONDS
+
+    def _recheck_oom(self) -> None:
+        if time.monotonic() < self.oom_recheck_at:
+            return
+        self.oom_rechecks_left -= 1
+        self.oom_recheck_at = time.monotonic() + OOM_RECHECK_SECONDS
+        self._report_oom_kills()
+
+    def _report_oom_kills(self) -> int:
+        """Journal one durable record per OOM kill that the cgroup's counter shows since the last check."""
+        count = oom.read_oom_kills(oom.HOST_VERSION, self.oom_folder)
+        if count is None or count <= self.oom_reported:
+            return 0
+        now = time.time()
+        for number in range(self.oom_reported + 1, count + 1):
+            log.warning("container %s: the OOM killer ended a process in its cgroup (kill %d)", self.id, number)
+            self.outbox.append({"kind": protocol.RECORD_OOM, "count": number, "at": now, "ts": now}, durable=True)
+        fresh, self.oom_reported = count - self.oom_reported, count
+        return fresh
+
+    def _stop_oom_watch(self) -> None:
+        """Report the kills not reported yet and stop watching, once the cgroup's processes are gone."""
+        if self.oom_fd < 0:
+            return
+        self._report_oom_kills()
+        self._close_oom_notifier()
+
+    def _close_oom_notifier(self) -> None:
+        if self.oom_fd >= 0:
+            os.close(self.oom_fd)
+        self.oom_fd = -1
+        self.oom_rechecks_left = 0
 
     def _watch_pipe(self, process: Process, fd: int, stream: int) -> None:
         process.pipes[fd] = stream
@@ -312,6 +415,8 @@ class Shim:
             poller.register(self.reaper.read_fd, zmq.POLLIN)
             for fd in self.fd_owner:
                 poller.register(fd, zmq.POLLIN)
+            if self.oom_fd >= 0:
+                poller.register(self.oom_fd, zmq.POLLIN)
             writers = {stream.stdin_fd: stream for stream in self.streams.values() if stream.wants_write()}
             for fd in writers:
                 poller.register(fd, zmq.POLLOUT)
@@ -323,8 +428,12 @@ class Shim:
                     self.reaper.drain_wakeups()
                 elif item in writers:
                     writers[item].flush_stdin()
+                elif item == self.oom_fd:
+                    self._on_oom_notice()
                 elif item in self.fd_owner:
                     self._read_pipe(item)
+            if self.oom_rechecks_left:
+                self._recheck_oom()
             self._collect_exits()
             self._finish_exits()
             self._pump()
@@ -332,6 +441,8 @@ class Shim:
     def _poll_timeout(self) -> int:
         deadlines = [process.drain_deadline for process in self._processes()
                      if process.exit is not None and not process.reported]
+        if self.oom_rechecks_left:
+            deadlines.append(self.oom_recheck_at)
         if not deadlines:
             return 1000
         return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1)
@@ -402,6 +513,8 @@ class Shim:
         init = self.init
         if init.exit is not None and not init.reported and self._drained(init, now):
             if all(p.reported or p.exit is None and not self._alive(p.pid) for p in self.execs.values()):
+                # The kernel counts a kill before the victim exits, so this read includes a kill of the init.
+                self._stop_oom_watch()
                 self._report_exit(init, protocol.RECORD_EXIT)
                 self.status = "stopped"
                 self._answer_waiters()
@@ -630,6 +743,7 @@ class Shim:
         if self.status != "failed":
             run_in_worker(self.runtime.delete, self.id, running)
         self.deleted = True
+        self._stop_oom_watch()
         for stream in self.streams.values():
             stream.close_stdin()
         log.info("container %s deleted", self.id)

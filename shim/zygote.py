@@ -36,7 +36,7 @@ import traceback
 
 import msgpack
 
-from shim import console, outbox, protocol, reaper, runc, service, sessions, stdio
+from shim import console, oom, outbox, protocol, reaper, runc, service, sessions, stdio
 from shim.service import Shim, ShimConfig
 
 # One row of the size-class table that sys._debugmallocstats() prints:
@@ -100,7 +100,7 @@ _filler: list = []  # objects that keep the allocator's free blocks taken; see _
 
 def _use_stderr_loggers() -> None:
     """Make the shim modules log through _StderrLogger in the launcher and its shims."""
-    for module in (outbox, reaper, runc, service, console, sessions, stdio):
+    for module in (oom, outbox, reaper, runc, service, console, sessions, stdio):
         module.log = _StderrLogger(module.log.name)
 
 

@@ -65,6 +65,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hostname", help="container host name (default: the first 12 characters of the id)")
     parser.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
                         help="resource limit, for example nofile=1024:4096")
+    parser.add_argument("-m", "--memory", metavar="BYTES",
+                        help="memory limit, a number with an optional unit b, k, m or g (for example 512m)")
     parser.add_argument("--stop-signal", help="signal that `moor stop` sends (default: the image's or SIGTERM)")
     parser.add_argument("--stop-timeout", type=int, help="seconds `moor stop` waits before SIGKILL (default 10)")
     parser.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VALUE", help="set a label")
@@ -300,6 +302,8 @@ def _run_request(args) -> dict:
     options = {"args": list(args.command), "env": _resolve_env(args.env), "workdir": args.workdir,
                "user": args.user, "hostname": args.hostname, "read_only": args.read_only,
                "volumes": list(args.volume), "ulimits": list(args.ulimit)}
+    if args.memory is not None:
+        options["memory"] = args.memory
     if args.entrypoint is not None:
         options["entrypoint"] = [args.entrypoint] if args.entrypoint else []
     request = {"image": args.image, "name": args.name, "restart": args.restart, "options": options,

@@ -356,13 +356,14 @@ class Manager:
         record.shim_start_time = process_start_time(record.shim_pid)
         record.acked_seq = 0
         record.exit_reason = ""
+        record.oom_kills, record.oom_killed = 0, False
         self.store.save(record)
         container.exit_event = asyncio.Event()
         self._connect(container, record.task_gen)
 
         container.start_gate.clear()
         try:
-            state = await container.shim.call("subscribe", timeout=120, **{"from": 1})
+            state = await self._first_contact(container, record.shim_pid)
             container.shim_features = frozenset(state.get("features") or ())
             if state["status"] == "failed":
                 await self._fail_start(container, state["error"])
@@ -388,6 +389,26 @@ class Manager:
         record.exit_code = None
         self._transition(container, "running", protocol.TOPIC_TASK_START, pid=record.pid)
         return record.pid
+
+    async def _first_contact(self, container: Container, shim_pid: int) -> dict:
+        """Subscribe to a new shim; fail at once, not after the timeout, if the shim dies first."""
+        call = asyncio.ensure_future(container.shim.call("subscribe", timeout=120, **{"from": 1}))
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=0.2)
+                if done:
+                    return call.result()
+                if not process_start_time(shim_pid):
+                    try:
+                        tail = (self.shim_folder(container.id) / "shim.log").read_bytes()[-2048:]
+                    except OSError:
+                        tail = b""
+                    log.error("container %s: shim %d exited before it answered; the end of its log:\n%s",
+                              container.id, shim_pid, tail.decode(errors="replace"))
+                    raise Unavailable(f"the shim of container {container.record.name} (pid {shim_pid}) exited "
+                                      "before it answered; moord's log has the end of the shim's log")
+        finally:
+            call.cancel()
 
     @staticmethod
     def _write_bundle(folder: Path, spec: dict) -> None:
@@ -646,9 +667,16 @@ class Manager:
             else:
                 self.events.publish(protocol.TOPIC_TASK_EXEC_EXIT, container.id, **payload)
         elif kind == protocol.RECORD_OOM:
-            # TODO: the shim does not watch the cgroup's OOM events yet, so no such record arrives.
-            log.warning("container %s: the OOM killer acted in its cgroup", container.id)
-            self.events.publish(protocol.TOPIC_TASK_OOM, container.id, name=container.record.name)
+            # Saved with the record's sequence number, so a replay never counts it twice.
+            # The shim numbers the kills of its task, so a record seen twice never raises the count.
+            count = int(record.get("count") or container.record.oom_kills + 1)
+            container.record.oom_kills = max(container.record.oom_kills, count)
+            container.record.acked_seq = max(container.record.acked_seq, record["seq"])
+            self.store.save(container.record)
+            log.warning("container %s: the OOM killer ended a process in its cgroup (%d in this task)",
+                        container.id, container.record.oom_kills)
+            self.events.publish(protocol.TOPIC_TASK_OOM, container.id, name=container.record.name,
+                                count=container.record.oom_kills)
         elif kind == protocol.RECORD_LOSS:
             # Saved with the record's sequence number, so a replay never counts it twice.
             container.record.lost_bytes += record["bytes"]
@@ -667,6 +695,7 @@ class Manager:
         if record.status not in ("running", "created") or record.shim_pid == 0:
             return
         record.exit_code, record.exit_signal = exit_record["code"], exit_record["signal"]
+        record.oom_killed = record.oom_kills > 0
         record.finished_at = exit_record["at"]
         record.pid = 0
         self._transition(container, "exited", protocol.TOPIC_TASK_EXIT, exit_code=record.exit_code,
@@ -696,6 +725,12 @@ class Manager:
 
     async def _delete_shim_task(self, container: Container) -> None:
         shim, container.shim = container.shim, None
+        if shim is not None and not self._shim_alive(container.record):
+            log.warning("container %s: its shim %d is gone; deleting the task in the runtime directly",
+                        container.id, container.record.shim_pid)
+            shim.close()
+            shim = None
+            await asyncio.to_thread(self._force_delete_runtime, container.id)
         if shim is not None:
             try:
                 await shim.call("delete", timeout=30, force=True)
@@ -1135,7 +1170,8 @@ def _reject_options_with_spec(options) -> None:
     given = [name for name, value in (("command", options.args), ("-e", options.env), ("-w", options.workdir),
                                       ("-u", options.user), ("--hostname", options.hostname),
                                       ("--read-only", options.read_only), ("-v", options.volumes),
-                                      ("--ulimit", options.ulimits), ("--entrypoint", options.entrypoint))
+                                      ("--ulimit", options.ulimits), ("-m", options.memory),
+                                      ("--entrypoint", options.entrypoint))
              if value]
     if given:
         raise InvalidArgument(f"--spec cannot be combined with {', '.join(given)}: put the process, mounts "

@@ -41,6 +41,7 @@ def inspect(container, manager) -> dict:
             "Status": record.status,
             "Running": record.status == "running",
             "Restarting": record.status == "restarting",
+            "OOMKilled": record.oom_killed,
             "Pid": record.pid,
             "ExitCode": record.exit_code if record.exit_code is not None else 0,
             "ExitSignal": record.exit_signal,

@@ -34,7 +34,9 @@ CREATE TABLE IF NOT EXISTS containers (
     manually_stopped INTEGER NOT NULL DEFAULT 0,
     boot_id TEXT NOT NULL DEFAULT '',
     lost_bytes INTEGER NOT NULL DEFAULT 0,
-    network TEXT NOT NULL DEFAULT '{}'
+    network TEXT NOT NULL DEFAULT '{}',
+    oom_kills INTEGER NOT NULL DEFAULT 0,
+    oom_killed INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS removals (
@@ -75,6 +77,8 @@ class ContainerRecord:
     boot_id: str = ""
     lost_bytes: int = 0
     network: dict = field(default_factory=dict)   # the network plugins' setup result of the current task
+    oom_kills: int = 0            # OOM kills the shim reported for the current task
+    oom_killed: bool = False      # the last task exited after an OOM kill in its cgroup (docker's OOMKilled)
 
 
 _JSON_FIELDS = ("spec", "options", "labels", "network")
@@ -94,6 +98,7 @@ def _from_row(row: sqlite3.Row) -> ContainerRecord:
     for name in _JSON_FIELDS:
         values[name] = json.loads(values[name])
     values["manually_stopped"] = bool(values["manually_stopped"])
+    values["oom_killed"] = bool(values["oom_killed"])
     return ContainerRecord(**values)
 
 

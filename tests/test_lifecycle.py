@@ -357,3 +357,19 @@ def test_rm_force_running_cleans_up(moord):
     assert not (moord.root / "containers" / cid).exists()
     assert not (moord.state / "runc" / cid).exists()
     assert [h for h in CGROUP_ROOT.iterdir() if (h / "moorage" / cid).exists()] == []
+
+
+def test_shim_dying_before_answer_fails_start(moord_factory, tmp_path):
+    """A shim that dies while it creates the container fails the start at once, not after the timeout."""
+    runtime = tmp_path / "runtime"
+    # The runtime's parent is the shim's create worker; the worker's parent is the shim.
+    runtime.write_text('#!/bin/sh\n'
+                       'case " $* " in *" create "*) kill -9 "$(ps -o ppid= -p "$PPID" | tr -d " ")";; esac\n'
+                       'exec runc "$@"\n')
+    runtime.chmod(0o755)
+    moord = moord_factory("--runtime", str(runtime))
+
+    result = moord.moor("run", "--rm", "busybox", "true", check=False, timeout=60)
+
+    assert result.returncode == 125
+    assert b"exited before it answered" in result.stderr

@@ -13,7 +13,8 @@ from shim.protocol import InvalidArgument
 from . import defaults
 from .environ import merge_env
 from .limits import RLIM_INFINITY
-from .options import RunOptions, check_hostname, clean_absolute_path, parse_ulimits, parse_volumes
+from .options import (RunOptions, check_hostname, clean_absolute_path, parse_memory, parse_ulimits,
+                      parse_volumes)
 from .rootfs import resolve_in_root, resolve_user
 from .validate import validate_spec
 
@@ -69,7 +70,7 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootfs: str, container_i
         "root": {"path": rootfs, "readonly": opts.read_only},
         "hostname": hostname,
         "mounts": container_mounts(volumes),
-        "linux": _linux(cgroups_path),
+        "linux": _linux(cgroups_path, opts.memory),
         "annotations": {defaults.CONTAINER_ID_ANNOTATION: container_id},
     }
     validate_spec(spec)
@@ -232,12 +233,15 @@ def container_mounts(volumes: list[dict]) -> list[dict]:
     return mounts + ordered
 
 
-def _linux(cgroups_path: str) -> dict:
+def _linux(cgroups_path: str, memory: str | None) -> dict:
     # TODO: add a default seccomp profile here as "seccomp". Until then every system call is allowed.
+    resources: dict = {"devices": [dict(rule) for rule in defaults.DEVICE_RULES]}
+    if memory is not None:
+        resources["memory"] = {"limit": parse_memory(memory)}
     return {
         "namespaces": [{"type": name} for name in defaults.NAMESPACES],
         "cgroupsPath": cgroups_path,
         "maskedPaths": list(defaults.MASKED_PATHS),
         "readonlyPaths": list(defaults.READONLY_PATHS),
-        "resources": {"devices": [dict(rule) for rule in defaults.DEVICE_RULES]},
+        "resources": resources,
     }

@@ -13,6 +13,12 @@ from .limits import RLIM_INFINITY, ULIMIT_TYPES, check_rlimit
 
 VOLUME_FORM = "HOST:CONTAINER[:ro|rw]"
 ULIMIT_FORM = "NAME=SOFT[:HARD], for example nofile=1024:4096"
+MEMORY_FORM = "a number with an optional unit b, k, m or g, for example 512m"
+
+# The smallest memory limit that docker accepts, so that a limit docker rejects is rejected here too.
+MEMORY_MIN_BYTES = 6 * 1024 * 1024
+_MEMORY = re.compile(r"([0-9]+)([bkmg]?)", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 # Linux HOST_NAME_MAX.  Each dot-separated label follows RFC 1123.
 HOSTNAME_MAX_BYTES = 64
@@ -33,6 +39,7 @@ class RunOptions:
     read_only: bool = False
     volumes: tuple[str, ...] = ()         # raw "-v" strings
     ulimits: tuple[str, ...] = ()         # raw "--ulimit" strings
+    memory: str | None = None             # raw "-m" string
     init: bool = False                    # reserved, not used yet
 
     def validate(self) -> None:
@@ -55,6 +62,8 @@ class RunOptions:
 
         parse_volumes(self.volumes)
         parse_ulimits(self.ulimits)
+        if self.memory is not None:
+            parse_memory(self.memory)
 
 
 def check_strings(values, where: str) -> None:
@@ -213,6 +222,21 @@ def _parse_limit_value(value: str, text: str) -> int:
             f"invalid ulimit {text!r}: {value!r} is not a number. Use a decimal number, "
             f"or -1 or unlimited for no limit, as in {ULIMIT_FORM}")
     return int(value)
+
+
+def parse_memory(text: str) -> int:
+    """Parse docker's ``-m``/``--memory`` value (``512m``, ``1g``, ``65536k``) into bytes, in binary units."""
+    match = _MEMORY.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidArgument(f"invalid memory limit {text!r}: expected {MEMORY_FORM}")
+    limit = int(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()]
+    if limit < MEMORY_MIN_BYTES:
+        raise InvalidArgument(f"invalid memory limit {text!r}: it is {limit} bytes, below the minimum of "
+                              f"{MEMORY_MIN_BYTES // (1 << 20)}m; give 6m or more")
+    if limit >= 1 << 63:
+        raise InvalidArgument(f"invalid memory limit {text!r}: it does not fit in 63 bits; leave -m out "
+                              "for no limit")
+    return limit
 
 
 def parse_ulimits(ulimits) -> list[dict]:
