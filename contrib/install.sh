@@ -16,6 +16,7 @@ fi
 
 missing=""
 command -v runc >/dev/null 2>&1 || missing="$missing runc"
+[ -x /usr/bin/tini-static ] || missing="$missing tini"    # the init of `moor run --init`
 [ -x /bin/busybox ] && ldd /bin/busybox >/dev/null 2>&1 && missing="$missing busybox-static"
 [ -x /bin/busybox ] || missing="$missing busybox-static"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"

@@ -65,6 +65,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hostname", help="container host name (default: the first 12 characters of the id)")
     parser.add_argument("--ulimit", action="append", default=[], metavar="NAME=SOFT[:HARD]",
                         help="resource limit, for example nofile=1024:4096")
+    parser.add_argument("--init", action="store_true",
+                        help="run an init as PID 1 that forwards signals and reaps zombies (tini)")
     parser.add_argument("-m", "--memory", metavar="BYTES",
                         help="memory limit, a number with an optional unit b, k, m or g (for example 512m)")
     parser.add_argument("--stop-signal", help="signal that `moor stop` sends (default: the image's or SIGTERM)")
@@ -304,6 +306,8 @@ def _run_request(args) -> dict:
                "volumes": list(args.volume), "ulimits": list(args.ulimit)}
     if args.memory is not None:
         options["memory"] = args.memory
+    if args.init:
+        options["init"] = True  # sent only when given, so an older moord still takes the request
     if args.entrypoint is not None:
         options["entrypoint"] = [args.entrypoint] if args.entrypoint else []
     request = {"image": args.image, "name": args.name, "restart": args.restart, "options": options,

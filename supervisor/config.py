@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -10,6 +11,9 @@ from pathlib import Path
 from shim.protocol import InvalidArgument
 
 DEFAULT_CONFIG_FILE = Path("/etc/moorage/config.toml")
+# Statically linked inits, which run in any image: Debian's tini, docker's and podman's.
+INIT_CANDIDATES = ("/usr/bin/tini-static", "/usr/libexec/docker/docker-init", "/usr/bin/docker-init",
+                   "/usr/libexec/podman/catatonit")
 _REGISTRY_HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
@@ -37,8 +41,21 @@ class DaemonConfig:
     port_backend: str = "auto"                # nft, iptables, or auto (nft where the nft command exists)
     cni_conf_dir: str = "/etc/cni/net.d"      # CNI network lists (*.conflist) usable as --network NAME
     cni_bin_dir: str = "/usr/lib/cni"         # CNI plugin binaries
+    init_path: str = ""                       # static init for --init; "" finds tini-static or docker-init
     # Registries (HOST or HOST:PORT) that pull and push reach over plain HTTP without --insecure-registry.
     insecure_registries: tuple[str, ...] = ()
+
+    def find_init(self) -> str | None:
+        """Return the init program that ``--init`` mounts into containers, or None if there is none."""
+        if self.init_path:
+            if not os.access(self.init_path, os.X_OK):
+                raise InvalidArgument(f"init_path {self.init_path!r} in moord's config is not an executable "
+                                      "file: point it at a static init such as /usr/bin/tini-static")
+            return self.init_path
+        for candidate in INIT_CANDIDATES:
+            if os.access(candidate, os.X_OK):
+                return candidate
+        return None
 
     @property
     def api_socket(self) -> Path:

@@ -263,7 +263,7 @@ class Manager:
             return spec
         return ocispec.build_spec(image.config, options, rootfs=str(rootfs), container_id=container_id,
                                   hostname=container_id[:12], cgroups_path=f"/moorage/{container_id}",
-                                  nofile_limits=self.nofile_limits)
+                                  nofile_limits=self.nofile_limits, init_path=self.config.find_init())
 
     def _log_config(self, request: dict) -> tuple[str, dict]:
         """Return the request's logging driver and options, or moord's default ones."""
@@ -1171,7 +1171,7 @@ def _reject_options_with_spec(options) -> None:
                                       ("-u", options.user), ("--hostname", options.hostname),
                                       ("--read-only", options.read_only), ("-v", options.volumes),
                                       ("--ulimit", options.ulimits), ("-m", options.memory),
-                                      ("--entrypoint", options.entrypoint))
+                                      ("--init", options.init), ("--entrypoint", options.entrypoint))
              if value]
     if given:
         raise InvalidArgument(f"--spec cannot be combined with {', '.join(given)}: put the process, mounts "

@@ -157,5 +157,35 @@ def test_exec_returns_before_orphans_exit(moord):
     assert [Path(f"/proc/{child}/cmdline").read_bytes() for child in children] == [b"sleep\x00300\x00"] * 5
 
 
-def test_init_option_reaps_zombies():
-    pytest.skip("Moorage has no init option such as docker's --init yet, so PID 1 is always the command")
+def run_with_init(moord, name: str) -> int:
+    moord.moor("run", "-d", "--init", "--name", name, "busybox", "sleep", "3600")
+    return moord.inspect(name)["State"]["Pid"]
+
+
+def test_init_option_reaps_zombies(moord):
+    """With --init, tini is PID 1 and collects the orphans, so none stays a zombie.
+
+    The wait lets the orphans' `sleep 1` end and tini reap them.
+    """
+    run_with_init(moord, "reaper")
+
+    make_orphans(moord, "reaper")
+    wait_until(lambda: "sleep 1" not in moord.moor("exec", "reaper", "ps", "-o", "args").stdout.decode(), 30,
+               message="the orphans' sleep 1 to end")
+
+    assert zombie_count(moord, "reaper") == 0
+
+
+def test_init_option_stop_ends_child_with_sigterm(moord):
+    """tini passes SIGTERM on to `sleep`, which dies of it: 143, not a SIGKILL's 137."""
+    run_with_init(moord, "reaper")
+
+    moord.moor("stop", "-t", "10", "reaper")
+
+    assert moord.inspect("reaper")["State"]["ExitCode"] == 143
+
+
+def test_init_option_exit_code_is_child_code(moord):
+    result = moord.moor("run", "--rm", "--init", "busybox", "sh", "-c", "exit 7", check=False)
+
+    assert result.returncode == 7

@@ -1377,3 +1377,23 @@ def test_build_spec_returns_independent_copies(rootfs):
     first["process"]["capabilities"]["bounding"].clear()
 
     assert generate(rootfs, "c1") == snapshot
+
+
+# -- --init ----------------------------------------------------------------------------------
+
+def test_init_runs_command_under_mounted_init(rootfs: Path):
+    spec = build_spec(BUSYBOX_IMAGE, RunOptions(args=("sleep", "1"), init=True), rootfs=str(rootfs),
+                      container_id="c1", hostname="box", cgroups_path="/moorage-test/c1",
+                      init_path="/usr/bin/tini-static")
+
+    assert spec["process"]["args"] == ["/sbin/moor-init", "--", "sleep", "1"]
+    assert {"destination": "/sbin/moor-init", "type": "bind", "source": "/usr/bin/tini-static",
+            "options": ["rbind", "ro", "nosuid", "nodev"]} in spec["mounts"]
+
+
+def test_init_without_init_program_names_fix(rootfs: Path):
+    from shim.protocol import FailedPrecondition
+
+    with pytest.raises(FailedPrecondition, match="apt-get install tini"):
+        build_spec(BUSYBOX_IMAGE, RunOptions(init=True), rootfs=str(rootfs), container_id="c1",
+                   hostname="box", cgroups_path="/moorage-test/c1")

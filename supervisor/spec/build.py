@@ -8,7 +8,7 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
-from shim.protocol import InvalidArgument
+from shim.protocol import FailedPrecondition, InvalidArgument
 
 from . import defaults
 from .environ import merge_env
@@ -36,9 +36,12 @@ class ImageSettings:
     user: str | None
 
 
+INIT_PATH_IN_CONTAINER = "/sbin/moor-init"
+
+
 def build_spec(image_config: dict, opts: RunOptions, *, rootfs: str, container_id: str,
                hostname: str, cgroups_path: str,
-               nofile_limits: tuple[int, int] | None = None) -> dict:
+               nofile_limits: tuple[int, int] | None = None, init_path: str | None = None) -> dict:
     """Generate the OCI config.json content for one container and validate it.
 
     ``image_config`` is an OCI image config, either the whole document or its
@@ -50,6 +53,9 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootfs: str, container_i
 
     The network namespace is new and runc does not bring its loopback
     interface up, so the caller must set ``lo`` up before the process needs it.
+    With ``opts.init``, ``init_path`` (a static init such as tini-static on
+    the host) is bind-mounted read-only at /sbin/moor-init and runs as PID 1
+    with the command as its child, as docker's ``--init`` does.
     """
     opts.validate()
     _check_arguments(rootfs, container_id, cgroups_path)
@@ -64,12 +70,20 @@ def build_spec(image_config: dict, opts: RunOptions, *, rootfs: str, container_i
     process = _process(image, opts, Path(rootfs), cwd, hostname, container_id)
     process["rlimits"] = container_rlimits(opts.ulimits, nofile_limits)
 
+    mounts = container_mounts(volumes)
+    if opts.init:
+        if not init_path:
+            raise FailedPrecondition("--init needs an init program on the host: install tini "
+                                     "(`apt-get install tini`) or set init_path in moord's config")
+        mounts.append({"destination": INIT_PATH_IN_CONTAINER, "type": "bind", "source": init_path,
+                       "options": ["rbind", "ro", "nosuid", "nodev"]})
+        process["args"] = [INIT_PATH_IN_CONTAINER, "--", *process["args"]]
     spec = {
         "ociVersion": defaults.OCI_VERSION,
         "process": process,
         "root": {"path": rootfs, "readonly": opts.read_only},
         "hostname": hostname,
-        "mounts": container_mounts(volumes),
+        "mounts": mounts,
         "linux": _linux(cgroups_path, opts.memory),
         "annotations": {defaults.CONTAINER_ID_ANNOTATION: container_id},
     }

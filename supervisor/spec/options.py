@@ -40,7 +40,7 @@ class RunOptions:
     volumes: tuple[str, ...] = ()         # raw "-v" strings
     ulimits: tuple[str, ...] = ()         # raw "--ulimit" strings
     memory: str | None = None             # raw "-m" string
-    init: bool = False                    # reserved, not used yet
+    init: bool = False                    # run an init (tini) as PID 1 that reaps zombies and forwards signals
 
     def validate(self) -> None:
         """Parse every field and raise InvalidArgument on the first invalid one."""
@@ -59,6 +59,8 @@ class RunOptions:
             check_hostname(self.hostname, "--hostname")
         if not isinstance(self.read_only, bool):
             raise InvalidArgument(f"invalid --read-only {self.read_only!r}: expected true or false")
+        if not isinstance(self.init, bool):
+            raise InvalidArgument(f"invalid --init {self.init!r}: expected true or false")
 
         parse_volumes(self.volumes)
         parse_ulimits(self.ulimits)
