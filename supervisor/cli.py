@@ -189,6 +189,9 @@ def _parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     for verb in ("stop", "restart"):
         sub.choices[verb].add_argument("-t", "--time", type=int, help="seconds to wait before SIGKILL")
     sub.choices["kill"].add_argument("-s", "--signal", default="KILL", help="signal name or number (default KILL)")
+    sub.choices["inspect"].add_argument("-f", "--format", metavar="TEMPLATE",
+                                        help="print each container through a template such as '{{.State.Pid}}' "
+                                             "or '{{json .Config}}' (docker's field paths)")
 
     ps = sub.add_parser("ps", help="list containers")
     ps.add_argument("-a", "--all", action="store_true", help="include stopped containers")
@@ -462,8 +465,46 @@ def cmd_inspect(client, args) -> int:
     items = [client.call("inspect", id=ref) for ref in args.containers]
     import json
 
-    print(json.dumps(items, indent=2))
+    if args.format is None:
+        print(json.dumps(items, indent=2))
+        return 0
+    for item in items:
+        print(render_template(args.format, item))
     return 0
+
+
+def render_template(template: str, item: dict) -> str:
+    """Fill ``{{.Path.To.Field}}`` and ``{{json .Path}}`` in ``template`` from ``item``.
+
+    This is the part of Go's text/template that scripts use with docker
+    inspect -f; anything else in braces is an error that names it.
+    """
+    import json
+    import re
+
+    def value(match) -> str:
+        func, path = match.group(1), match.group(2)
+        found = item
+        for key in filter(None, path.split(".")):
+            if not isinstance(found, dict) or key not in found:
+                raise InvalidArgument(f"invalid --format: no field {path!r} in the inspect output "
+                                      "(see `moor inspect` for the field names)")
+            found = found[key]
+        if func == "json":
+            return json.dumps(found)
+        if isinstance(found, bool):
+            return "true" if found else "false"
+        if found is None:
+            return "<no value>"
+        return json.dumps(found) if isinstance(found, (dict, list)) else str(found)
+
+    pattern = re.compile(r"\{\{\s*(?:(json)\s+)?(\.[A-Za-z0-9_.]*)\s*\}\}")
+    text = pattern.sub(value, template)
+    leftover = re.search(r"\{\{.*?\}\}", text)
+    if leftover:
+        raise InvalidArgument(f"invalid --format: {leftover.group(0)!r} is not supported; use {{{{.Field.Path}}}} "
+                              "or {{json .Field}}")
+    return text
 
 
 def cmd_ps(client, args) -> int:

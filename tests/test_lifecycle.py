@@ -373,3 +373,24 @@ def test_shim_dying_before_answer_fails_start(moord_factory, tmp_path):
 
     assert result.returncode == 125
     assert b"exited before it answered" in result.stderr
+
+
+@pytest.mark.parametrize("template, expected", [
+    pytest.param("{{.Name}}", "shown", id="field"),
+    pytest.param("{{.State.Running}}", "true", id="bool"),
+    pytest.param("{{json .Config.Cmd}}", '["sleep", "300"]', id="json"),
+    pytest.param("name={{ .Name }} status={{.State.Status}}", "name=shown status=running", id="text-around"),
+])
+def test_inspect_format_template(moord, template, expected):
+    moord.moor("run", "-d", "--name", "shown", "busybox", "sleep", "300")
+
+    assert moord.moor("inspect", "-f", template, "shown").stdout.decode() == expected + "\n"
+
+
+def test_inspect_format_unknown_field_named(moord):
+    moord.moor("run", "-d", "--name", "shown", "busybox", "sleep", "300")
+
+    result = moord.moor("inspect", "-f", "{{.Nope}}", "shown", check=False)
+
+    assert result.returncode == 2
+    assert b"no field '.Nope'" in result.stderr
