@@ -48,18 +48,21 @@ async def make_host(plugins: list, timeout: float = 5.0) -> PluginHost:
     return host
 
 
+BRIDGE = {"name": "bridge", "driver": "bridge"}
+
+
 def test_host_network_setup_last_registered_first():
     calls: list = []
 
     async def scenario():
         host = await make_host([Network("first", calls), Network("second", calls)])
-        return await host.network_setup("c1", "/run/netns/c1", "bridge", {})
+        return await host.network_setup("c1", "/run/netns/c1", BRIDGE, {})
 
     results = asyncio.run(scenario())
 
     assert results == [("second", {"plugin": "second"}), ("first", {"plugin": "first"})]
     assert [call[1] for call in calls] == ["second", "first"]
-    assert calls[0][2:] == ("c1", "/run/netns/c1", "bridge")
+    assert calls[0][2:] == ("c1", "/run/netns/c1", BRIDGE)
 
 
 def test_host_network_failure_undoes_in_reverse():
@@ -67,13 +70,13 @@ def test_host_network_failure_undoes_in_reverse():
 
     async def scenario():
         host = await make_host([Network("failing", calls, fail=True), Network("b", calls), Network("c", calls)])
-        await host.network_setup("c2", "/run/netns/c2", "bridge", {})
+        await host.network_setup("c2", "/run/netns/c2", BRIDGE, {})
 
     with pytest.raises(StartFailed) as error:
         asyncio.run(scenario())
 
-    assert calls == [("setup", "c", "c2", "/run/netns/c2", "bridge"), ("setup", "b", "c2", "/run/netns/c2", "bridge"),
-                     ("setup", "failing", "c2", "/run/netns/c2", "bridge"), ("teardown", "b"), ("teardown", "c")]
+    assert calls == [("setup", "c", "c2", "/run/netns/c2", BRIDGE), ("setup", "b", "c2", "/run/netns/c2", BRIDGE),
+                     ("setup", "failing", "c2", "/run/netns/c2", BRIDGE), ("teardown", "b"), ("teardown", "c")]
     assert "plugin failing rejected it in moorage_network_setup" in error.value.message
     assert "no addresses left" in error.value.message
     assert error.value.status == 125
@@ -84,7 +87,7 @@ def test_host_network_setup_timeout_vetoes():
 
     async def scenario():
         host = await make_host([Network("ok", calls), Network("stuck", calls, hang=True)], timeout=0.5)
-        await host.network_setup("c3", "/run/netns/c3", "bridge", {})
+        await host.network_setup("c3", "/run/netns/c3", BRIDGE, {})
 
     with pytest.raises(StartFailed) as error:
         asyncio.run(scenario())
@@ -98,11 +101,26 @@ def test_host_network_teardown_every_plugin():
 
     async def scenario():
         host = await make_host([Network("a", calls), Network("b", calls)])
-        await host.network_teardown("c4", "/run/netns/c4", "bridge")
+        await host.network_teardown("c4", "/run/netns/c4", BRIDGE)
 
     asyncio.run(scenario())
 
     assert calls == [("teardown", "a"), ("teardown", "b")]
+
+
+def test_host_network_skips_plugin_of_other_driver():
+    calls: list = []
+    cni_only = Network("cni-only", calls)
+    cni_only.network_drivers = ("cni",)
+
+    async def scenario():
+        host = await make_host([Network("any", calls), cni_only])
+        return await host.network_setup("c5", "/run/netns/c5", BRIDGE, {})
+
+    results = asyncio.run(scenario())
+
+    assert [name for name, _ in results] == ["any"]
+    assert [call[1] for call in calls] == ["any"]
 
 
 class Metrics:
