@@ -218,3 +218,25 @@ def moord_factory(tmp_path):
 def moord(moord_factory) -> Moord:
     """A started private moord with its own root and state folders."""
     return moord_factory()
+
+
+def _run_quietly(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def empty_nat_tables_removed():
+    """Delete the ``ip nat`` and ``ip6 nat`` tables that iptables-nft made for the tests, once empty.
+
+    The tests remove their own chains and rules; iptables-nft still leaves the
+    table with its bare base chains behind, which a host without it had not.
+    """
+    existed = {family: _run_quietly("nft", "list", "table", family, "nat").returncode == 0
+               for family in ("ip", "ip6")}
+    yield
+    for family, tool in (("ip", "iptables"), ("ip6", "ip6tables")):
+        if existed[family] or _run_quietly("nft", "list", "table", family, "nat").returncode != 0:
+            continue
+        rules = _run_quietly(tool, "-w", "10", "-t", "nat", "-S").stdout.splitlines()
+        if all(rule.startswith("-P ") for rule in rules):
+            _run_quietly("nft", "delete", "table", family, "nat")

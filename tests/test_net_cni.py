@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +25,39 @@ WEB = "mkdir -p /w && echo hello-from-{name} > /w/index.html && exec httpd -f -p
 
 pytestmark = pytest.mark.skipif(not (CNI_BIN / "bridge").exists(),
                                 reason="containernetworking-plugins is not installed (contrib/install.sh adds it)")
+
+
+def _exists(*command: str) -> bool:
+    return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def portmap_chains_removed():
+    """Remove what the portmap plugin leaves in the nat tables after DEL, if this module made it.
+
+    portmap keeps its shared CNI-HOSTPORT-* chains (and, with iptables-nft,
+    whole ``ip nat`` and ``ip6 nat`` tables) for later containers.
+    """
+    before = {family: (_exists("nft", "list", "table", family, "nat"),
+                       _exists(tool, "-w", "10", "-t", "nat", "-S", "CNI-HOSTPORT-MASQ"))
+              for family, tool in (("ip", "iptables"), ("ip6", "ip6tables"))}
+    yield
+    for family, tool in (("ip", "iptables"), ("ip6", "ip6tables")):
+        table_existed, chains_existed = before[family]
+        if chains_existed:
+            continue
+        rules = subprocess.run([tool, "-w", "10", "-t", "nat", "-S"], capture_output=True, text=True,
+                               timeout=30).stdout.splitlines()
+        for rule in rules:
+            if rule.startswith("-A ") and "-j CNI-HOSTPORT" in rule and not rule.split()[1].startswith("CNI-"):
+                subprocess.run([tool, "-w", "10", "-t", "nat", "-D", *shlex.split(rule)[1:]], capture_output=True,
+                               timeout=30)
+        for chain in ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ"):
+            subprocess.run([tool, "-w", "10", "-t", "nat", "-F", chain], capture_output=True, timeout=30)
+        for chain in ("CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-SETMARK", "CNI-HOSTPORT-MASQ"):
+            subprocess.run([tool, "-w", "10", "-t", "nat", "-X", chain], capture_output=True, timeout=30)
+        if not table_existed:
+            subprocess.run(["nft", "delete", "table", family, "nat"], capture_output=True, timeout=30)
 
 
 def write_conflist(env, name: str, plugins: list[dict] | None = None) -> dict:
