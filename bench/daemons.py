@@ -215,8 +215,8 @@ class Moord:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as output:
-            # ctr run gives a container a new network namespace with only lo in it; moord's
-            # `none` network is the same work, where its default bridge would add a veth.
+            # ctr run gives a container a new network namespace with only lo in it. moord's
+            # `none` network does the same work, while its default bridge would add a veth.
             self.process = subprocess.Popen([self.moord_bin, "--root", str(self.root), "--state", str(self.state),
                                              "--default-network", "none"],
                                             stdin=subprocess.DEVNULL, stdout=output, stderr=output,

@@ -166,7 +166,7 @@ class Bench:
         create, start = stamps["container.create"]["ts"], stamps["task.start"]["ts"]
         exit_event, delete = stamps["task.exit"]["ts"], stamps["container.delete"]["ts"]
         exited_at = stamps["task.exit"]["payload"]["exited_at"]
-        # moord answers a --rm run when the exit arrives and cleans up after the reply, so the
+        # moord replies to a --rm run when the exit arrives and cleans up afterwards, so the
         # cleanup (task.exit to container.delete) overlaps the client's exit and is not in the total.
         return {
             "client start-up, request, create (root, spec, record)": create - began,

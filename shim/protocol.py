@@ -147,9 +147,11 @@ _msgpack = None
 
 
 def _codec():
-    """Return the msgpack module, imported on first use so that the client, which uses
-    pack_light, never loads it; later calls run no import statement (a shim would copy
-    the pages that one touches)."""
+    """Return the msgpack module, imported on first use.
+
+    The client uses pack_light and so never loads msgpack. Later calls run no
+    import statement, because in a shim that statement would copy the pages it touches.
+    """
     global _msgpack
     if _msgpack is None:
         import msgpack

@@ -64,8 +64,8 @@ class ShimConfig:
     # of waiting for a ``start`` request: one runtime call less to wait for.
     # moord sets it only for containers without stdin or a terminal.
     start: bool = False
-    # Whether the runtime makes a new network namespace whose lo the shim must set up; None (a moord
-    # that does not say) makes the shim read the bundle's config.json to find out.
+    # Whether the runtime makes a new network namespace whose lo the shim must set up. None (from a
+    # moord that does not set it) makes the shim read the bundle's config.json instead.
     loopback: bool | None = None
     # Interactive settings of the init: keep a stdin pipe open, or give it a terminal.
     stdin: bool = False
@@ -267,7 +267,7 @@ class Shim:
         if start_error is None:
             self._mark_started()
         else:
-            # moord sees "created" with an error in the state, and deletes the task.
+            # moord reads "created" with an error in the state, and deletes the task.
             self.error = start_error
             log.error("start of container %s failed: %s", self.id, start_error.get("message"))
 

@@ -112,7 +112,7 @@ class _StubbingChoices(dict):
 
 
 class _Formatter(argparse.HelpFormatter):
-    """Help formatter that asks for the terminal's width only when it formats help.
+    """Help formatter that reads the terminal's width only when it formats help.
 
     argparse makes a formatter for each option it adds, and the default one
     imports shutil to read the terminal size: a few milliseconds per command.
@@ -287,7 +287,8 @@ def _resolve_env(entries: list[str]) -> list[str]:
     return resolved
 
 
-def _key_values(entries: list[str], flag: str) -> dict:
+def key_values(entries: list[str], flag: str) -> dict:
+    """Parse repeated KEY=VALUE options such as --log-opt into a dict."""
     values = {}
     for entry in entries:
         key, sep, value = entry.partition("=")
@@ -319,7 +320,7 @@ def _run_request(args) -> dict:
                            "ports": args.publish, "publish_all": args.publish_all}}
     if args.log_driver or args.log_opt:
         request["log_driver"] = args.log_driver
-        request["log_opts"] = _key_values(args.log_opt, "--log-opt")
+        request["log_opts"] = key_values(args.log_opt, "--log-opt")
     if args.interactive or args.tty:
         from supervisor import attach
         request.update(attach.interactive_request(args, attached=args.command_name == "run" and not args.detach))

@@ -174,7 +174,7 @@ class Manager:
     async def create(self, request: dict, starting: bool = False) -> Container:
         """Record a new container and prepare its root filesystem; start nothing.
 
-        ``starting`` says that a start follows at once, so an overlay root
+        ``starting`` means that a start follows at once, so an overlay root
         stays mounted for it instead of being unmounted and mounted again.
         """
         from supervisor import ocispec
@@ -391,7 +391,7 @@ class Manager:
         return record.pid
 
     async def _first_contact(self, container: Container, shim_pid: int) -> dict:
-        """Subscribe to a new shim; fail at once, not after the timeout, if the shim dies first."""
+        """Subscribe to a new shim, and fail at once instead of after the timeout if the shim dies first."""
         call = asyncio.ensure_future(container.shim.call("subscribe", timeout=120, **{"from": 1}))
         try:
             while True:
@@ -403,10 +403,10 @@ class Manager:
                         tail = (self.shim_folder(container.id) / "shim.log").read_bytes()[-2048:]
                     except OSError:
                         tail = b""
-                    log.error("container %s: shim %d exited before it answered; the end of its log:\n%s",
+                    log.error("container %s: shim %d exited before it responded; the end of its log:\n%s",
                               container.id, shim_pid, tail.decode(errors="replace"))
                     raise Unavailable(f"the shim of container {container.record.name} (pid {shim_pid}) exited "
-                                      "before it answered; moord's log has the end of the shim's log")
+                                      "before it answered; moord's log contains the end of the shim's log")
         finally:
             call.cancel()
 
@@ -688,8 +688,8 @@ class Manager:
                                 bytes=record["bytes"], total=container.record.lost_bytes)
 
     async def _handle_exit(self, container: Container, exit_record: dict) -> None:
-        # The exit can arrive in the same batch as the reply that says the task
-        # started; let _start_task record the start first.
+        # The exit can arrive in the same batch as the reply that reports the start, so
+        # _start_task records the start first.
         await container.start_gate.wait()
         record = container.record
         if record.status not in ("running", "created") or record.shim_pid == 0:
@@ -870,7 +870,7 @@ class Manager:
     async def _remove_exited(self, container: Container) -> None:
         """Remove a ``--rm`` container whose task has just exited.
 
-        The container disappears (its name is free, waiters are told) before
+        The container disappears (its name is free, waiters are notified) before
         the runtime's state, the shim and the root are cleaned up, so that
         ``moor run --rm`` returns as soon as the exit is known.  A crash in
         between leaves a ``removals`` row that the next moord finishes.

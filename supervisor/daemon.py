@@ -155,15 +155,9 @@ async def _start_metrics_server(config: daemon_config.DaemonConfig, manager: Man
 
 
 def _log_opts(entries: list[str] | None) -> dict | None:
-    if not entries:
-        return None
-    opts = {}
-    for entry in entries:
-        key, sep, value = entry.partition("=")
-        if not sep or not key:
-            raise MoorError(f"invalid --log-opt {entry!r}: use KEY=VALUE")
-        opts[key] = value
-    return opts
+    from supervisor.cli import key_values
+
+    return key_values(entries, "--log-opt") if entries else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,9 +69,9 @@ def _serving(network: dict):
     """Return a test of whether a network hook implementation serves ``network``.
 
     A plugin may name the drivers it serves in a ``network_drivers``
-    attribute; moord then calls its network hooks only for those networks,
-    which spares each start a trip to a worker thread per plugin.  A plugin
-    without the attribute gets every network.
+    attribute. moord then calls its network hooks only for those networks, so
+    a start makes no worker-thread trip for plugins that do not serve it. A
+    plugin without the attribute gets every network.
     """
     driver = network.get("driver")
 

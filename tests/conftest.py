@@ -228,8 +228,8 @@ def _run_quietly(*command: str) -> subprocess.CompletedProcess:
 def empty_nat_tables_removed():
     """Delete the ``ip nat`` and ``ip6 nat`` tables that iptables-nft made for the tests, once empty.
 
-    The tests remove their own chains and rules; iptables-nft still leaves the
-    table with its bare base chains behind, which a host without it had not.
+    The tests remove their own chains and rules, but iptables-nft still leaves
+    the table behind with its empty base chains.
     """
     existed = {family: _run_quietly("nft", "list", "table", family, "nat").returncode == 0
                for family in ("ip", "ip6")}

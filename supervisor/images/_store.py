@@ -72,7 +72,7 @@ class _RegistrySource:
 
 
 def _reports_full_disk(action: str):
-    """Turn a full disk (ENOSPC, EDQUOT) in a store operation into an error that says what to do.
+    """Turn a full disk (ENOSPC, EDQUOT) in a store operation into an error that names the next step.
 
     The operation has already removed its partial blobs and snapshots when
     the error reaches this wrapper.
